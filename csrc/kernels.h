@@ -1,0 +1,113 @@
+// fastmlp kernels: the interface shared by every instruction-set build.
+//
+// csrc/kernels.cpp is compiled once per ISA (generic, avx2, avx512) and each
+// copy exports one KernelTable of plain function pointers; dispatch.cpp picks
+// the table at run time. Everything here is plain C data: no inline functions
+// or templates that two ISA builds could both emit (the linker would keep one
+// copy, possibly with instructions the CPU lacks).
+//
+// Conventions: float32, row-major, contiguous. Shapes use
+//   N examples, T = block_size, E = n_embd, H = n_hidden, V = vocab size.
+// The kernels trust their arguments: bindings.cpp validates every shape,
+// dtype and index before calling them.
+#pragma once
+#include <cstdint>
+
+namespace fastmlp {
+
+struct Dims {
+  int V, T, E, H;  // vocab, block_size, n_embd, n_hidden
+};
+
+// Read-only view of the model parameters.
+struct Params {
+  const float* C;   // (V, E)
+  const float* W1;  // (T*E, H)
+  const float* b1;  // (H,)
+  const float* W2;  // (H, V)
+  const float* b2;  // (V,)
+};
+
+// Writable parameters (or gradients with the same shapes).
+struct MutParams {
+  float* C;
+  float* W1;
+  float* b1;
+  float* W2;
+  float* b2;
+};
+
+// Arguments of the fused training loop (train_steps).
+struct TrainArgs {
+  const int32_t* X;        // (N, T) training contexts
+  const int32_t* Y;        // (N,)   training targets
+  int64_t n_examples;      // N
+  int batch_size;          // B
+  int64_t steps;           // number of SGD steps to run
+  const float* lrs;        // (steps,) learning rate of each step
+  const int64_t* batches;  // (steps, B) explicit example indices, or nullptr to sample
+  uint64_t* rng_state;     // (4,) xoshiro256** state, advanced in place when sampling
+  float* losses;           // (steps,) out: minibatch loss before each update
+};
+
+// Arguments of the batched sampler.
+struct SampleArgs {
+  int64_t n_samples;       // how many words
+  int max_len;             // characters per word at most (without the final '.')
+  float temperature;       // > 0
+  int top_k;               // 0 = all
+  uint64_t seed;           // word i uses its own stream (seed, i): results do not depend on batching
+  int32_t* out;            // (n_samples, max_len) out: character indices, 0-terminated
+};
+
+struct KernelTable {
+  const char* isa;
+  int vector_width;  // floats per SIMD register in this build
+
+  // emb (N, T*E) = C[X]                         C (V, E), X (N, T)
+  void (*embedding_forward)(const float* C, const int32_t* X, float* emb, int64_t N, int T, int E);
+  // dC (V, E) += scatter of d_emb (N, T*E) by X; in example order, so repeats accumulate deterministically
+  void (*embedding_backward)(const float* d_emb, const int32_t* X, float* dC, int64_t N, int T, int E);
+
+  // y (N, M) = x (N, K) @ W (K, M) + b (M,), then tanh if apply_tanh
+  void (*linear_forward)(const float* x, const float* W, const float* b, float* y, int64_t N, int K,
+                         int M, bool apply_tanh);
+  // From dy (N, M): dx (N, K) (skipped if null), dW (K, M), db (M,), all overwritten.
+  // If y_tanh is given, y = tanh(pre) was the forward output and dy is first multiplied by 1 - y^2.
+  void (*linear_backward)(const float* dy, const float* x, const float* W, const float* y_tanh,
+                          float* dx, float* dW, float* db, int64_t N, int K, int M);
+
+  // Mean softmax cross-entropy of logits (N, V) against Y (N,); if dlogits is not null it
+  // receives d(mean loss)/d(logits) (N, V). Returns the sum (not the mean) in double.
+  double (*cross_entropy)(const float* logits, const int32_t* Y, float* dlogits, int64_t N, int V);
+
+  // p -= lr * g
+  void (*sgd_update)(float* p, const float* g, int64_t n, float lr);
+
+  // Whole-model passes.
+  void (*mlp_forward)(const Params& P, const Dims& d, const int32_t* X, int64_t N, float* logits);
+  // Sum of the per-example losses over N examples, evaluated in chunks (no (N, V) buffer).
+  double (*mlp_loss_sum)(const Params& P, const Dims& d, const int32_t* X, const int32_t* Y, int64_t N);
+  // Mean loss and its gradients (overwritten) for one batch.
+  double (*mlp_loss_and_grad)(const Params& P, const Dims& d, const int32_t* X, const int32_t* Y,
+                              int64_t N, const MutParams& grads);
+  // Runs args.steps SGD steps in place on P. Returns the number of steps completed;
+  // fewer than asked when a loss became NaN/inf (the parameters are then those
+  // before the failing step's update).
+  int64_t (*train_steps)(const MutParams& P, const Dims& d, const TrainArgs& args);
+  void (*sample)(const Params& P, const Dims& d, const SampleArgs& args);
+};
+
+// Defined in kernels.cpp, one per ISA build that CMake compiled.
+extern const KernelTable kernels_generic;
+extern const KernelTable kernels_avx2;
+extern const KernelTable kernels_avx512;
+
+// dispatch.cpp
+const KernelTable& active_kernels();
+// Select by name ("generic", "avx2", "avx512", or "auto"); returns false if unavailable.
+bool select_kernels(const char* name);
+// Names of the builds compiled in and supported by this CPU.
+int available_kernels(const char** names, int max_names);
+
+}  // namespace fastmlp

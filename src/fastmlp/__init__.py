@@ -1,0 +1,25 @@
+"""fastmlp: a fast character-level MLP language model (Bengio et al. 2003, makemore).
+
+The arithmetic runs in C++ kernels (``fastmlp._core``); this package is the thin
+Python layer around them: data sets, the model, training, sampling.
+
+    >>> import fastmlp
+    >>> ds = fastmlp.data.load_dataset(block_size=3)          # names.txt, lecture split
+    >>> model = fastmlp.MLP(ds.vocab.size, block_size=3)
+    >>> model.loss(*ds.dev)                                    # mean cross-entropy
+"""
+from . import _core
+from ._core import get_num_threads, set_num_threads
+from .model import MLP
+from . import data
+
+__version__ = _core.build_info()["version"]
+
+
+def build_info() -> dict:
+    """How this copy of fastmlp was built: version, compiler, flags, OpenMP on/off,
+    thread count, and which kernel instruction set (ISA) runs on this CPU."""
+    return _core.build_info()
+
+
+__all__ = ["MLP", "build_info", "data", "get_num_threads", "set_num_threads", "__version__"]

@@ -1,0 +1,46 @@
+"""Type stubs for the C++ extension fastmlp._core (csrc/bindings.cpp).
+
+All arrays are numpy, float32 or int32 as named, C-contiguous and aligned;
+shapes: N examples, T block_size, E n_embd, H n_hidden, V vocab size.
+Bad arguments raise TypeError / ValueError / IndexError naming the argument.
+"""
+from typing import Optional, Tuple
+
+import numpy as np
+import numpy.typing as npt
+
+F32 = npt.NDArray[np.float32]
+I32 = npt.NDArray[np.int32]
+
+def build_info() -> dict: ...
+def set_num_threads(n: int) -> None: ...
+def get_num_threads() -> int: ...
+def set_isa(name: str) -> None: ...
+def get_isa() -> str: ...
+
+# layers (forward / backward pairs)
+def embedding_forward(C: F32, X: I32) -> F32: ...  # (V,E), (N,T) -> (N, T*E)
+def embedding_backward(d_emb: F32, X: I32, num_embeddings: int) -> F32: ...  # -> dC (V,E)
+def linear_tanh_forward(x: F32, W: F32, b: F32) -> F32: ...  # tanh(x W + b)
+def linear_tanh_backward(dh: F32, h: F32, x: F32, W: F32) -> Tuple[F32, F32, F32]: ...  # dx, dW, db
+def linear_forward(x: F32, W: F32, b: F32) -> F32: ...
+def linear_backward(dy: F32, x: F32, W: F32) -> Tuple[F32, F32, F32]: ...
+def cross_entropy(logits: F32, Y: I32) -> Tuple[float, F32]: ...  # mean loss, dlogits
+def cross_entropy_loss(logits: F32, Y: I32) -> float: ...
+def sgd_update(p: F32, g: F32, lr: float) -> None: ...  # in place
+
+# whole model
+def mlp_forward(C: F32, W1: F32, b1: F32, W2: F32, b2: F32, X: I32) -> F32: ...
+def mlp_loss(C: F32, W1: F32, b1: F32, W2: F32, b2: F32, X: I32, Y: I32) -> float: ...
+def mlp_loss_and_grad(
+    C: F32, W1: F32, b1: F32, W2: F32, b2: F32, X: I32, Y: I32
+) -> Tuple[float, F32, F32, F32, F32, F32]: ...
+def train_steps(
+    C: F32, W1: F32, b1: F32, W2: F32, b2: F32, X: I32, Y: I32, batch_size: int,
+    lrs: F32, rng_state: npt.NDArray[np.uint64], batches: Optional[npt.NDArray[np.int64]] = None,
+) -> F32: ...
+def sample(
+    C: F32, W1: F32, b1: F32, W2: F32, b2: F32, n: int, max_len: int, seed: int,
+    temperature: float = 1.0, top_k: int = 0,
+) -> I32: ...
+def rng_state(seed: int) -> npt.NDArray[np.uint64]: ...

@@ -1,0 +1,105 @@
+"""The lecture's learning-rate sweep.
+
+From a fresh model, one minibatch step at each learning rate in turn, the rate rising
+exponentially: lr = 10 ** linspace(-3, 0, 1000). The loss against the exponent shows
+where training is fastest before it becomes unstable. The sweep is repeated with a few
+seeds and averaged, so the suggestion does not hang on one noisy minibatch.
+
+    python -m fastmlp.lr_find -o out        # writes out/lr_find.png and prints a rate
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from . import _core
+from ._cli import add_common_args, run_cli
+from .data import Dataset, load_dataset
+from .model import MLP, PARAM_NAMES
+
+
+def lr_sweep(ds: Dataset, block_size=3, n_embd=10, n_hidden=200, init="lecture", batch_size=32,
+             lr_min_exp=-3.0, lr_max_exp=0.0, steps=1000, repeats=5, seed=2147483647) -> dict:
+    """Runs the sweep `repeats` times (fresh model and batches each time) and averages."""
+    if steps < 10:
+        raise ValueError(f"steps must be >= 10, got {steps}")
+    if not lr_min_exp < lr_max_exp:
+        raise ValueError(f"the sweep needs lr_min_exp < lr_max_exp, got {lr_min_exp} and {lr_max_exp}")
+    exps = np.linspace(lr_min_exp, lr_max_exp, steps)
+    lrs = (10.0 ** exps).astype(np.float32)
+    X, Y = ds.train
+    if batch_size > len(Y):
+        raise ValueError(f"batch_size {batch_size} is larger than the training split ({len(Y)} examples)")
+    runs = []
+    for r in range(repeats):
+        m = MLP(ds.vocab.size, block_size, n_embd, n_hidden, seed=seed + r, init=init)
+        losses = _core.train_steps(*(m.params[k] for k in PARAM_NAMES), X, Y, batch_size, lrs,
+                                   _core.rng_state(seed + r))
+        full = np.full(steps, np.nan, np.float32)
+        full[:len(losses)] = losses  # a diverged run stops early: the rest stays NaN
+        runs.append(full)
+    mean = np.nanmean(np.stack(runs), 0) if repeats > 1 else runs[0]
+    # Suggest a rate a little below the valley of the smoothed loss (10^-0.2 ~ 1/1.6 of it):
+    # the minimum sits close to the edge of instability. On names.txt this gives ~0.1, the
+    # lecture's choice from the same plot.
+    k = max(steps // 40, 1)
+    valid = np.isfinite(mean)
+    smooth = np.convolve(np.where(valid, mean, np.nanmax(mean[valid])), np.ones(k) / k, mode="same")
+    smooth[:k // 2] = np.inf  # the convolution's edges are biased
+    smooth[len(smooth) - k // 2:] = np.inf
+    best = int(np.argmin(smooth))
+    return {"exponents": exps, "lrs": lrs, "losses": mean, "best_exponent": float(exps[best]),
+            "suggested_lr": float(10 ** (exps[best] - 0.2))}
+
+
+def main(argv: Optional[list] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m fastmlp.lr_find", description=__doc__.split("\n\n")[1],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_common_args(p)
+    p.add_argument("-b", "--batch-size", type=int, default=32)
+    p.add_argument("--steps", type=int, default=1000, help="learning rates tried (one step each)")
+    p.add_argument("--lr-min-exp", type=float, default=-3.0, help="lowest rate: 10**this")
+    p.add_argument("--lr-max-exp", type=float, default=0.0, help="highest rate: 10**this")
+    p.add_argument("--repeats", type=int, default=5, help="sweeps averaged (fresh model each)")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    args = p.parse_args(argv)
+
+    def body():
+        block = args.block_size or 3
+        if args.repeats < 1:
+            raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
+        if args.num_threads:
+            _core.set_num_threads(args.num_threads)
+        ds = load_dataset(args.input_file, block)
+        res = lr_sweep(ds, block, args.n_embd or 10, args.n_hidden or 200, args.init or "lecture",
+                       args.batch_size, args.lr_min_exp, args.lr_max_exp, args.steps, args.repeats,
+                       args.seed if args.seed is not None else 2147483647)
+        out = Path(args.work_dir or "out")
+        out.mkdir(parents=True, exist_ok=True)
+        png = None
+        try:
+            from .plots import plot_lr_find
+
+            png = str(plot_lr_find(res["exponents"], res["losses"], out / "lr_find.png", res["suggested_lr"]))
+        except ImportError as e:
+            print(f"note: {e}; skipped lr_find.png", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"suggested_lr": res["suggested_lr"], "best_exponent": res["best_exponent"],
+                              "plot": png}))
+        else:
+            print(f"lowest smoothed loss at lr = 10^{res['best_exponent']:.2f} = {10 ** res['best_exponent']:.3g}")
+            print(f"suggested learning rate: {res['suggested_lr']:.3g}  (-l {res['suggested_lr']:.2g})")
+            if png:
+                print(f"wrote {png}")
+        return 0
+
+    return run_cli(p, body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,303 @@
+"""Training, evaluation, sampling, lr finder, plots and checkpoints, end to end on tiny
+word lists made here (plus the lecture's acceptance run when names.txt is available)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fastmlp
+from fastmlp import MLP, _core, checkpoint as ckpt_io, data
+from fastmlp.model import PARAM_NAMES
+from fastmlp.sample import sample_words
+from fastmlp.train import TrainConfig, TrainingDiverged, learning_rates, train
+
+FIRST_FIVE = ["emma", "olivia", "ava", "isabella", "sophia"]
+
+
+def make_words(n=400, seed=0):
+    rng = np.random.default_rng(seed)
+    syll = ["ka", "li", "mo", "ra", "an", "el", "is", "ta", "on", "be", "su", "ny"]
+    return ["".join(rng.choice(syll, rng.integers(1, 4))) for _ in range(n)]
+
+
+@pytest.fixture
+def words_file(tmp_path):
+    p = tmp_path / "words.txt"
+    p.write_text("\n".join(make_words()) + "\n")
+    return p
+
+
+def cli(module, *args, env=None, timeout=120, **kw):
+    e = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=e, **kw)
+
+
+# -- the lecture's demos ----------------------------------------------------------
+def test_overfit_first_five_words():
+    # the lecture's sanity check: 32 examples, a model with far more parameters than that
+    ds = data.make_dataset(FIRST_FIVE * 10, block_size=3)  # any split: we train on these 32 directly
+    X, Y = data.build_dataset(FIRST_FIVE, ds.vocab, 3)
+    assert len(Y) == 32
+    # floor: contexts seen with several targets ('...' starts all five words) cannot be
+    # predicted better than their empirical distribution
+    targets = defaultdict(Counter)
+    for x, y in zip(map(tuple, X), Y):
+        targets[x][int(y)] += 1
+    floor = -sum(c * np.log(c / sum(cnt.values())) for cnt in targets.values() for c in cnt.values()) / len(Y)
+    assert 0.2 < floor < 0.3  # 5 ln 5 / 32 = 0.2515
+    m = MLP(ds.vocab.size, 3, 10, 200, seed=1)
+    losses = _core.train_steps(*(m.params[k] for k in PARAM_NAMES), X, Y, 32, np.full(3000, 0.1, np.float32),
+                               _core.rng_state(0), np.tile(np.arange(32), (3000, 1)))
+    assert losses[0] > 5  # the lecture's init starts far off
+    assert m.loss(X, Y) - floor < 0.02
+
+
+def test_learning_rate_schedules():
+    cfg = TrainConfig()  # the lecture: 0.1, then 0.01 from step 100,000
+    lr = learning_rates(cfg, 99_998, 100_002)
+    np.testing.assert_allclose(lr, [0.1, 0.1, 0.01, 0.01], rtol=1e-6)
+    cos = TrainConfig(lr_schedule="cosine", max_steps=1000, warmup_steps=100, min_lr=0.001)
+    lr = learning_rates(cos, 0, 1000)
+    assert lr[0] == pytest.approx(0.1 / 100) and lr[99] == pytest.approx(0.1)
+    assert lr[-1] == pytest.approx(0.001, abs=1e-5) and np.all(np.diff(lr[100:]) <= 0)
+    assert np.all(learning_rates(TrainConfig(lr_schedule="constant"), 0, 10) == np.float32(0.1))
+
+
+# -- training from Python -----------------------------------------------------------
+def small_cfg(tmp_path, words_file, **kw):
+    base = dict(input_file=str(words_file), work_dir=str(tmp_path / "run"), n_hidden=64, max_steps=3000,
+                eval_interval=1000, init="scaled", batch_size=32)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_train_writes_everything(tmp_path, words_file):
+    m = train(small_cfg(tmp_path, words_file), progress=False, log=lambda s: None)
+    run = tmp_path / "run"
+    for f in ("model.npz", "metrics.json", "loss_history.npy", "loss.png", "embedding.png"):
+        assert (run / f).is_file(), f
+    assert m["steps"] == 3000 and m["test_loss"] is None and m["dev_loss"] < 2.5
+    assert json.loads((run / "metrics.json").read_text())["dev_loss"] == m["dev_loss"]
+    assert np.load(run / "loss_history.npy").shape == (3000,)
+    assert len(m["dev_curve"]) == 3
+
+
+def test_resume_is_bit_exact(tmp_path, words_file):
+    full = small_cfg(tmp_path / "a", words_file, max_steps=2000)
+    train(full, progress=False, log=lambda s: None)
+    half = small_cfg(tmp_path / "b", words_file, max_steps=1000)
+    train(half, progress=False, log=lambda s: None)
+    half.max_steps = 2000
+    train(half, resume=True, progress=False, log=lambda s: None)
+    a, b = ckpt_io.load(tmp_path / "a" / "run"), ckpt_io.load(tmp_path / "b" / "run")
+    for k in PARAM_NAMES:
+        np.testing.assert_array_equal(a.model.params[k], b.model.params[k])
+    np.testing.assert_array_equal(a.loss_history, b.loss_history)
+    np.testing.assert_array_equal(a.rng_state, b.rng_state)
+
+
+def test_resume_refuses_another_model(tmp_path, words_file):
+    cfg = small_cfg(tmp_path, words_file, max_steps=100)
+    train(cfg, progress=False, log=lambda s: None)
+    cfg.n_hidden = 65
+    with pytest.raises(ckpt_io.CheckpointError, match="n_hidden"):
+        train(cfg, resume=True, progress=False, log=lambda s: None)
+
+
+def test_divergence_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, words_file):
+    cfg = small_cfg(tmp_path, words_file, max_steps=500, eval_interval=100)
+    train(cfg, progress=False, log=lambda s: None)
+    before = (tmp_path / "run" / "model.npz").read_bytes()
+    cfg = small_cfg(tmp_path, words_file, max_steps=2000, eval_interval=100, learning_rate=1e6, init="lecture")
+    with pytest.raises(TrainingDiverged, match=r"at step [\d,]+ .*smaller --learning-rate.*last good checkpoint"):
+        train(cfg, resume=True, progress=False, log=lambda s: None)
+    # the fresh run's checkpoints are good ones (a diverged state is never saved)
+    ck = ckpt_io.load(tmp_path / "run")
+    assert all(np.isfinite(ck.model.params[k]).all() for k in PARAM_NAMES)
+    assert before  # the file existed; load() above proves what is there now is finite and loadable
+
+
+def test_batch_larger_than_split(tmp_path, words_file):
+    with pytest.raises(ValueError, match="batch_size 100000 is larger than the training split"):
+        train(small_cfg(tmp_path, words_file, batch_size=100_000), progress=False, log=lambda s: None)
+
+
+# -- checkpoints -----------------------------------------------------------------------
+def test_checkpoint_round_trip_is_bit_exact(tmp_path):
+    v = data.Vocab.from_words(["abc", "zoë"])
+    m = MLP(v.size, 4, 5, 7, seed=3)
+    ck = ckpt_io.Checkpoint(m, v, step=12, rng_state=_core.rng_state(5), loss_history=np.arange(12, dtype=np.float32),
+                            train_config={"a": 1}, train_words=["abc", "zoë"])
+    ckpt_io.save(tmp_path / "m.npz", ck)
+    back = ckpt_io.load(tmp_path / "m.npz")
+    for k in PARAM_NAMES:
+        np.testing.assert_array_equal(back.model.params[k], m.params[k])
+        assert back.model.params[k].dtype == np.float32
+    assert back.vocab == v and back.step == 12 and back.train_words == ["abc", "zoë"]
+    np.testing.assert_array_equal(back.rng_state, ck.rng_state)
+    np.testing.assert_array_equal(back.loss_history, ck.loss_history)
+    assert not list(tmp_path.glob(".*.tmp"))  # no temp files left behind
+
+
+def test_bad_checkpoints(tmp_path):
+    v = data.Vocab.from_words(["abc"])
+    good = ckpt_io.save(tmp_path / "good.npz", ckpt_io.Checkpoint(MLP(v.size, 3, 2, 4), v))
+    raw = good.read_bytes()
+    cases = {
+        "missing.npz": None,
+        "empty.npz": b"",
+        "truncated.npz": raw[: len(raw) // 2],
+        "garbage.npz": os.urandom(2000),
+        "text.npz": b"hello\n",
+        "flipped.npz": raw[:200] + bytes([raw[200] ^ 0xFF]) + raw[201:],
+    }
+    for name, content in cases.items():
+        if content is not None:
+            (tmp_path / name).write_bytes(content)
+        with pytest.raises(ckpt_io.CheckpointError):
+            ckpt_io.load(tmp_path / name)
+    # a pickled object array is refused, not executed
+    np.savez(tmp_path / "pickle.npz", C=np.array([object()], dtype=object))
+    with pytest.raises(ckpt_io.CheckpointError):
+        ckpt_io.load(tmp_path / "pickle.npz")
+    # shapes that do not match the stored configuration
+    with np.load(good) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["W2"] = np.zeros((4, 9), np.float32)
+    np.savez(tmp_path / "mismatch.npz", **arrays)
+    with pytest.raises(ckpt_io.CheckpointError, match="W2 is float32"):
+        ckpt_io.load(tmp_path / "mismatch.npz")
+
+
+def test_save_killed_mid_write_keeps_the_previous_checkpoint(tmp_path):
+    # a child process saves a big checkpoint over a good one and is killed part-way
+    v = data.Vocab.from_words(["abc"])
+    target = tmp_path / "model.npz"
+    ckpt_io.save(target, ckpt_io.Checkpoint(MLP(v.size, 3, 2, 4, seed=1), v, step=7))
+    code = (
+        "import numpy as np, sys; from fastmlp import MLP, data, checkpoint as c\n"
+        "v = data.Vocab.from_words(['abc'])\n"
+        "m = MLP(v.size, 16, 64, 4096, seed=2)\n"  # ~4M parameters: the write takes a while
+        "print('saving', flush=True)\n"
+        f"while True: c.save({str(target)!r}, c.Checkpoint(m, v, step=8))\n")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "saving"
+    time.sleep(0.3)
+    p.kill()
+    p.wait()
+    ck = ckpt_io.load(target)  # whichever save finished last, it is whole
+    assert ck.step in (7, 8)
+
+
+# -- sampling ----------------------------------------------------------------------------
+def test_sampling_is_deterministic_and_batch_independent():
+    v = data.Vocab.from_words(make_words())
+    m = MLP(v.size, 3, 10, 50, seed=0, init="scaled")
+    a = sample_words(m, v, 300, seed=5)
+    assert a == sample_words(m, v, 300, seed=5)
+    assert sample_words(m, v, 10, seed=5) == a[:10]  # word i depends only on (seed, i)
+    assert a != sample_words(m, v, 300, seed=6)
+    assert all(set(w) <= set(v.itos[1:]) for w in a)
+
+
+def test_sampling_temperature_and_top_k():
+    v = data.Vocab.from_words(make_words())
+    m = MLP(v.size, 3, 10, 50, seed=0)
+    greedy = sample_words(m, v, 50, seed=1, top_k=1)
+    assert len(set(greedy)) == 1  # top-1 is deterministic whatever the stream
+    cold = set(sample_words(m, v, 200, seed=1, temperature=0.05))
+    warm = set(sample_words(m, v, 200, seed=1, temperature=1.0))
+    assert len(cold) < 20 < len(warm)  # low temperature concentrates on the likeliest words
+    assert all(len(w) <= 5 for w in sample_words(m, v, 50, seed=2, max_len=5))
+
+
+# -- command line ----------------------------------------------------------------------
+def test_cli_train_json_sample_plot(tmp_path, words_file):
+    out = tmp_path / "out"
+    r = cli("fastmlp.train", "-i", words_file, "-o", out, "--max-steps", 2000, "--eval-interval", 500,
+            "--n-hidden", 32, "--init", "scaled", "--json", "--eval-test")
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout)  # exactly one JSON object on stdout
+    for key in ("train_loss", "dev_loss", "test_loss", "steps", "seconds", "examples", "params", "checkpoint"):
+        assert key in m
+    assert m["test_loss"] is not None and m["steps"] == 2000 and set(m["examples"]) == {"train", "dev", "test"}
+    s1 = cli("fastmlp.sample", "-o", out, "-n", 30, "--seed", 3)
+    s2 = cli("fastmlp.sample", "--checkpoint", out / "model.npz", "-n", 30, "--seed", 3)
+    assert s1.returncode == 0 and s1.stdout == s2.stdout and len(s1.stdout.splitlines()) == 30
+    assert "new names" in s1.stderr
+    train_words = set(ckpt_io.load(out).train_words)
+    for line in s1.stdout.splitlines():
+        word = line.removesuffix(" (in train)")
+        assert (word in train_words) == line.endswith(" (in train)")
+    p = cli("fastmlp.plot", "-o", out)
+    assert p.returncode == 0 and (out / "embedding.png").stat().st_size > 10_000
+
+
+def test_cli_lr_find(tmp_path, words_file):
+    r = cli("fastmlp.lr_find", "-i", words_file, "-o", tmp_path, "--repeats", 2, "--n-hidden", 32, "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert 1e-3 <= res["suggested_lr"] <= 1 and Path(res["plot"]).is_file()
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--block-size", "0"], "block_size must be an integer >= 1"),
+    (["--n-hidden", "-3"], "n_hidden must be an integer >= 1"),
+    (["-i", "/nonexistent/words.txt"], "does not exist"),
+    (["-b", "1000000"], "larger than the training split"),
+    (["-l", "nan"], "learning_rate must be a finite number"),
+    (["--resume", "-o", "/nonexistent/dir"], "no checkpoint"),
+])
+def test_cli_errors_are_one_line(words_file, args, msg):
+    if "-i" not in args:
+        args = ["-i", str(words_file)] + args
+    r = cli("fastmlp.train", *args, "--max-steps", 10)
+    assert r.returncode != 0
+    assert msg in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_cli_bad_flag_value():
+    r = cli("fastmlp.train", "--max-steps", "many")
+    assert r.returncode == 2 and "invalid int value" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_divergence_exits_nonzero(tmp_path, words_file):
+    r = cli("fastmlp.train", "-i", words_file, "-o", tmp_path, "-l", "1e9", "--max-steps", 1000)
+    assert r.returncode == 3 and "smaller --learning-rate" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_ctrl_c_saves_and_exits_cleanly(tmp_path, words_file):
+    out = tmp_path / "out"
+    p = subprocess.Popen([sys.executable, "-m", "fastmlp.train", "-i", str(words_file), "-o", str(out),
+                          "--max-steps", "100000000", "--eval-interval", "100000000", "--no-progress"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    line = ""
+    while "MLP(" not in line and time.time() < deadline:  # training has started
+        line = p.stderr.readline()
+    time.sleep(1.0)
+    p.send_signal(signal.SIGINT)
+    stdout, stderr = p.communicate(timeout=60)
+    assert p.returncode == 130, stderr
+    assert "interrupted at step" in stdout and "--resume" in stdout
+    ck = ckpt_io.load(out)
+    assert ck.step > 0 and len(ck.loss_history) == ck.step
+
+
+# -- the lecture's recipe on names.txt ------------------------------------------------------
+def test_lecture_recipe_reaches_dev_2_19(tmp_path):
+    path = os.environ.get("FASTMLP_DATA")
+    if not path or not Path(path).is_file():
+        pytest.skip("names.txt not available (set FASTMLP_DATA)")
+    m = train(TrainConfig(work_dir=str(tmp_path)), progress=False, log=lambda s: None)  # the defaults
+    assert m["steps"] == 200_000
+    assert m["dev_loss"] <= 2.19, m["dev_loss"]  # the lecture reached 2.17

@@ -173,11 +173,13 @@ enum Epilogue {
   kBias,         // C = A B + bias
   kBiasTanh,     // C = tanh(A B + bias)
   kAccumScaled,  // C += alpha * A B   (fused SGD update: alpha = -lr)
+  kTanhGrad,     // C = (A B) * (1 - Hm^2), Hm a matrix laid out like C (tanh backward)
 };
 
+// ep: the epilogue's operand (the bias row for kBias/kBiasTanh, the matrix Hm for kTanhGrad).
 template <int MR, int NV, int EPI>
 inline void gemm_tile(int K, const float* A, int64_t sai, int64_t sap, const float* B, int64_t ldb,
-                      float* C, int64_t ldc, int ncols, const float* bias, float alpha) {
+                      float* C, int64_t ldc, int ncols, const float* ep, float alpha) {
   vf acc[MR][NV];
   for (int r = 0; r < MR; ++r)
     for (int v = 0; v < NV; ++v) acc[r][v] = vf{};
@@ -194,13 +196,17 @@ inline void gemm_tile(int K, const float* A, int64_t sai, int64_t sap, const flo
   for (int v = 0; v < NV; ++v) {
     const int n = ncols - v * VW < VW ? ncols - v * VW : VW;
     vf bv = {};
-    if (EPI == kBias || EPI == kBiasTanh) bv = load_part(bias + v * VW, n);
+    if (EPI == kBias || EPI == kBiasTanh) bv = load_part(ep + v * VW, n);
     for (int r = 0; r < MR; ++r) {
       float* c = C + r * ldc + v * VW;
       vf x = acc[r][v];
       if (EPI == kBias) x += bv;
       if (EPI == kBiasTanh) x = tanh_v(x + bv);
       if (EPI == kAccumScaled) x = load_part(c, n) + splat(alpha) * x;
+      if (EPI == kTanhGrad) {
+        const vf hv = load_part(ep + r * ldc + v * VW, n);
+        x = x * (splat(1.f) - hv * hv);
+      }
       store_part(c, x, n);
     }
   }
@@ -208,13 +214,13 @@ inline void gemm_tile(int K, const float* A, int64_t sai, int64_t sap, const flo
 
 template <int EPI, int MR>
 inline void gemm_tile_nv(int nv, int K, const float* A, int64_t sai, int64_t sap, const float* B,
-                         int64_t ldb, float* C, int64_t ldc, int ncols, const float* bias, float alpha) {
+                         int64_t ldb, float* C, int64_t ldc, int ncols, const float* ep, float alpha) {
   switch (nv) {
-    case 1: gemm_tile<MR, 1, EPI>(K, A, sai, sap, B, ldb, C, ldc, ncols, bias, alpha); break;
-    case 2: gemm_tile<MR, 2, EPI>(K, A, sai, sap, B, ldb, C, ldc, ncols, bias, alpha); break;
-    case 3: gemm_tile<MR, 3, EPI>(K, A, sai, sap, B, ldb, C, ldc, ncols, bias, alpha); break;
+    case 1: gemm_tile<MR, 1, EPI>(K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha); break;
+    case 2: gemm_tile<MR, 2, EPI>(K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha); break;
+    case 3: gemm_tile<MR, 3, EPI>(K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha); break;
     default:
-      if constexpr (GEMM_NV >= 4) gemm_tile<MR, 4, EPI>(K, A, sai, sap, B, ldb, C, ldc, ncols, bias, alpha);
+      if constexpr (GEMM_NV >= 4) gemm_tile<MR, 4, EPI>(K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha);
       break;
   }
 }
@@ -222,13 +228,13 @@ inline void gemm_tile_nv(int nv, int K, const float* A, int64_t sai, int64_t sap
 template <int EPI>
 inline void gemm_tile_any(int mr, int nv, int K, const float* A, int64_t sai, int64_t sap,
                           const float* B, int64_t ldb, float* C, int64_t ldc, int ncols,
-                          const float* bias, float alpha) {
+                          const float* ep, float alpha) {
   static_assert(GEMM_MR == 4, "tile dispatch below assumes 4 rows");
   switch (mr) {
-    case 1: gemm_tile_nv<EPI, 1>(nv, K, A, sai, sap, B, ldb, C, ldc, ncols, bias, alpha); break;
-    case 2: gemm_tile_nv<EPI, 2>(nv, K, A, sai, sap, B, ldb, C, ldc, ncols, bias, alpha); break;
-    case 3: gemm_tile_nv<EPI, 3>(nv, K, A, sai, sap, B, ldb, C, ldc, ncols, bias, alpha); break;
-    default: gemm_tile_nv<EPI, 4>(nv, K, A, sai, sap, B, ldb, C, ldc, ncols, bias, alpha); break;
+    case 1: gemm_tile_nv<EPI, 1>(nv, K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha); break;
+    case 2: gemm_tile_nv<EPI, 2>(nv, K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha); break;
+    case 3: gemm_tile_nv<EPI, 3>(nv, K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha); break;
+    default: gemm_tile_nv<EPI, 4>(nv, K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha); break;
   }
 }
 
@@ -252,7 +258,7 @@ inline const float* pad_columns(const float* B, int64_t ldb, int K, int N, Buf& 
 // b_padded: B already has readable (zero) columns up to round_up(N, VW) in each row.
 template <int EPI>
 void gemm(int64_t M, int N, int K, const float* A, int64_t sai, int64_t sap, const float* B, int64_t ldb,
-          bool b_padded, float* C, int64_t ldc, const float* bias, float alpha, Buf& pack) {
+          bool b_padded, float* C, int64_t ldc, const float* ep, float alpha, Buf& pack) {
   if (M <= 0 || N <= 0) return;
   int64_t ld = ldb;
   const float* Bp = b_padded ? B : pad_columns(B, ldb, K, N, pack, &ld);
@@ -271,36 +277,52 @@ void gemm(int64_t M, int N, int K, const float* A, int64_t sai, int64_t sap, con
     const int mr = (int)min64(GEMM_MR, M - i0);
     const int ncols = N - j0 < cols_per_block ? N - j0 : cols_per_block;
     const int nv = (ncols + VW - 1) / VW;
-    gemm_tile_any<EPI>(mr, nv, K, A + i0 * sai, sai, sap, Bp + j0, ld, C + i0 * ldc + j0, ldc, ncols,
-                       bias ? bias + j0 : nullptr, alpha);
+    const float* ept = EPI == kTanhGrad ? ep + i0 * ldc + j0 : (ep ? ep + j0 : nullptr);
+    gemm_tile_any<EPI>(mr, nv, K, A + i0 * sai, sai, sap, Bp + j0, ld, C + i0 * ldc + j0, ldc, ncols, ept, alpha);
   }
   (void)parallel;
 }
 
-// WT (N, ldt) = W (K, N)^T, rows zero-padded from K to ldt = round_up(K, VW) columns.
-inline float* transpose_padded(const float* W, int K, int N, Buf& out, int64_t* ldt) {
-  const int kp = round_up(K, VW);
-  float* T = out.get((size_t)N * kp);
-  for (int j = 0; j < N; ++j) {
-    float* row = T + (int64_t)j * kp;
-    for (int k = 0; k < K; ++k) row[k] = W[(int64_t)k * N + j];
-    for (int k = K; k < kp; ++k) row[k] = 0.f;
+// out (rows, E) = C[X] for rows = N * T indices. A plain loop: for rows of a few
+// floats a memcpy call costs more than the copy.
+inline void gather(const float* C, int E, const int32_t* X, int64_t rows, float* out) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* src = C + (int64_t)X[r] * E;
+    float* dst = out + r * E;
+    for (int e = 0; e < E; ++e) dst[e] = src[e];
   }
-  *ldt = kp;
-  return T;
 }
 
-// db (M,) = column sums of g (N, M), in row order.
-inline void column_sums(const float* g, int64_t N, int M, float* db) {
+// dC (V, E) += rows of g (N*T rows of E floats, row n*T+t at n*ldg + t*E), in order
+inline void scatter_add(const float* g, int64_t ldg, const int32_t* X, int64_t N, int T, int E, float* dC) {
+  for (int64_t n = 0; n < N; ++n)
+    for (int t = 0; t < T; ++t) {
+      float* dst = dC + (int64_t)X[n * T + t] * E;
+      const float* src = g + n * ldg + (int64_t)t * E;
+      for (int e = 0; e < E; ++e) dst[e] += src[e];
+    }
+}
+
+// out (cols, ldo) = W (rows, ldw)^T restricted to `rows` x `cols`, zero in columns [rows, ldo)
+inline void transpose_pad(const float* W, int rows, int cols, int64_t ldw, float* out, int ldo) {
+  for (int j = 0; j < cols; ++j) {
+    float* o = out + (int64_t)j * ldo;
+    for (int k = 0; k < rows; ++k) o[k] = W[(int64_t)k * ldw + j];
+    for (int k = rows; k < ldo; ++k) o[k] = 0.f;
+  }
+}
+
+// db (M,) = column sums of g (N, M) with leading dimension ld, in row order
+inline void column_sums_ld(const float* g, int64_t N, int M, int64_t ld, float* db) {
   int j = 0;
   for (; j + VW <= M; j += VW) {
     vf s = {};
-    for (int64_t i = 0; i < N; ++i) s += loadu(g + i * M + j);
+    for (int64_t i = 0; i < N; ++i) s += loadu(g + i * ld + j);
     storeu(db + j, s);
   }
   for (; j < M; ++j) {
     float s = 0.f;
-    for (int64_t i = 0; i < N; ++i) s += g[i * M + j];
+    for (int64_t i = 0; i < N; ++i) s += g[i * ld + j];
     db[j] = s;
   }
 }
@@ -319,22 +341,17 @@ inline void axpy(float* p, const float* g, int64_t n, float alpha) {
 
 // emb (N, T*E) = C[X]                 C (V, E), X (N, T)
 void embedding_forward(const float* C, const int32_t* X, float* emb, int64_t N, int T, int E) {
-  const int64_t rows = N * T;
+  const int64_t rows = N * T, block = 4096;
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) if (max_threads() > 1 && rows * E >= (1 << 18))
 #endif
-  for (int64_t r = 0; r < rows; ++r) memcpy(emb + r * E, C + (int64_t)X[r] * E, (size_t)E * sizeof(float));
+  for (int64_t r0 = 0; r0 < rows; r0 += block) gather(C, E, X + r0, min64(block, rows - r0), emb + r0 * E);
 }
 
 // dC (V, E) += scatter(d_emb (N, T*E)) by X (N, T): one pass in example order, so
 // repeated indices accumulate in the same order on every run.
 void embedding_backward(const float* d_emb, const int32_t* X, float* dC, int64_t N, int T, int E) {
-  const int64_t rows = N * T;
-  for (int64_t r = 0; r < rows; ++r) {
-    float* dst = dC + (int64_t)X[r] * E;
-    const float* src = d_emb + r * E;
-    for (int e = 0; e < E; ++e) dst[e] += src[e];
-  }
+  scatter_add(d_emb, (int64_t)T * E, X, N, T, E, dC);
 }
 
 // y (N, M) = x (N, K) @ W (K, M) + b (M,), optionally tanh'd.
@@ -371,12 +388,13 @@ void linear_backward_ws(const float* dy, const float* x, const float* W, const f
     tanh_backward(dy, y_tanh, d, N * M);
     g = d;
   }
-  column_sums(g, N, M, db);
+  column_sums_ld(g, N, M, M, db);
   gemm<kStore>(K, M, (int)N, x, 1, K, g, M, false, dW, M, nullptr, 1.f, ws.pack);
   if (dx) {
-    int64_t ldt;
-    const float* WT = transpose_padded(W, K, M, ws.wt, &ldt);
-    gemm<kStore>(N, K, M, g, M, 1, WT, ldt, true, dx, K, nullptr, 1.f, ws.pack);
+    const int kp = round_up(K, VW);
+    float* WT = ws.wt.get((size_t)M * kp);
+    transpose_pad(W, K, M, M, WT, kp);  // (M, kp)
+    gemm<kStore>(N, K, M, g, M, 1, WT, kp, true, dx, K, nullptr, 1.f, ws.pack);
   }
 }
 void linear_backward(const float* dy, const float* x, const float* W, const float* y_tanh, float* dx,
@@ -461,7 +479,77 @@ void sgd_update(float* p, const float* g, int64_t n, float lr) {
 
 // ---------------------------------------------------------------------------
 // Whole-model passes
+//
+// They work on a padded copy of the weights: every row of W1, W2 and the biases
+// is zero-padded to whole vectors (H -> Hp, V -> Vp), so no product has to pad or
+// mask an operand. The pad columns stay exactly zero through training, since
+// their gradients are zero. C is never padded: a gather reads E floats.
 // ---------------------------------------------------------------------------
+struct Layout {
+  int V, T, E, H, TE, Hp, Vp, TEp;
+};
+inline Layout layout_of(const Dims& d) {
+  return {d.V, d.T, d.E, d.H, d.T * d.E, round_up(d.H, VW), round_up(d.V, VW), round_up(d.T * d.E, VW)};
+}
+
+struct PadWeights {
+  float* C;   // (V, E)
+  float* W1;  // (TE, Hp)
+  float* b1;  // (Hp,)
+  float* W2;  // (H, Vp)
+  float* b2;  // (Vp,)
+};
+
+// dst (rows, ldd) = src (rows, cols), zero in columns [cols, ldd)
+inline void copy_pad(const float* src, int rows, int cols, float* dst, int ldd) {
+  for (int r = 0; r < rows; ++r) {
+    for (int c = 0; c < cols; ++c) dst[(int64_t)r * ldd + c] = src[(int64_t)r * cols + c];
+    for (int c = cols; c < ldd; ++c) dst[(int64_t)r * ldd + c] = 0.f;
+  }
+}
+inline void copy_unpad(const float* src, int rows, int lds, float* dst, int cols) {
+  for (int r = 0; r < rows; ++r)
+    for (int c = 0; c < cols; ++c) dst[(int64_t)r * cols + c] = src[(int64_t)r * lds + c];
+}
+
+// Owns the padded W1, b1, W2, b2 (and, if asked, a zeroed C).
+struct PaddedCopy {
+  Buf c, w1, b1, w2, b2;
+  PadWeights w;
+  // from the caller's parameters; C is used in place unless own_C
+  PaddedCopy(const Params& P, const Layout& L) {
+    w.C = const_cast<float*>(P.C);  // written only by train_steps, whose caller passed it writable
+    w.W1 = w1.get((size_t)L.TE * L.Hp);
+    w.b1 = b1.get(L.Hp);
+    w.W2 = w2.get((size_t)L.H * L.Vp);
+    w.b2 = b2.get(L.Vp);
+    copy_pad(P.W1, L.TE, L.H, w.W1, L.Hp);
+    copy_pad(P.b1, 1, L.H, w.b1, L.Hp);
+    copy_pad(P.W2, L.H, L.V, w.W2, L.Vp);
+    copy_pad(P.b2, 1, L.V, w.b2, L.Vp);
+  }
+  // all zero, C included (for gradients)
+  explicit PaddedCopy(const Layout& L) {
+    w.C = c.get((size_t)L.V * L.E);
+    w.W1 = w1.get((size_t)L.TE * L.Hp);
+    w.b1 = b1.get(L.Hp);
+    w.W2 = w2.get((size_t)L.H * L.Vp);
+    w.b2 = b2.get(L.Vp);
+    memset(w.C, 0, sizeof(float) * L.V * L.E);
+    memset(w.W1, 0, sizeof(float) * L.TE * L.Hp);
+    memset(w.b1, 0, sizeof(float) * L.Hp);
+    memset(w.W2, 0, sizeof(float) * L.H * L.Vp);
+    memset(w.b2, 0, sizeof(float) * L.Vp);
+  }
+  // W1, b1, W2, b2 (and C if it is our own) back into the caller's layout
+  void copy_out(const Layout& L, const MutParams& out) const {
+    copy_unpad(w.W1, L.TE, L.Hp, out.W1, L.H);
+    copy_unpad(w.b1, 1, L.Hp, out.b1, L.H);
+    copy_unpad(w.W2, L.H, L.Vp, out.W2, L.V);
+    copy_unpad(w.b2, 1, L.Vp, out.b2, L.V);
+    if (w.C != out.C) memcpy(out.C, w.C, sizeof(float) * L.V * L.E);
+  }
+};
 
 // Rows per chunk for inference: emb, h and logits of a chunk stay in L2.
 constexpr int64_t kChunk = 256;
@@ -470,22 +558,28 @@ struct ForwardWork {
   Buf emb, h, logits, pack;
 };
 
-// logits (n, V) for rows X (n, T), n <= kChunk, single-threaded.
-inline void forward_rows(const Params& P, const Dims& d, const int32_t* X, int64_t n, float* logits,
-                         ForwardWork& ws) {
-  const int TE = d.T * d.E;
-  float* emb = ws.emb.get((size_t)(n * TE));
-  float* h = ws.h.get((size_t)(n * d.H));
-  for (int64_t r = 0; r < n * d.T; ++r) memcpy(emb + r * d.E, P.C + (int64_t)X[r] * d.E, (size_t)d.E * 4);
-  gemm<kBiasTanh>(n, d.H, TE, emb, TE, 1, P.W1, d.H, false, h, d.H, P.b1, 1.f, ws.pack);
-  gemm<kBias>(n, d.V, d.H, h, d.H, 1, P.W2, d.V, false, logits, d.V, P.b2, 1.f, ws.pack);
+// Padded logits (n, Vp) of rows X (n, T), single-threaded; returns the buffer.
+inline float* forward_rows(const PadWeights& W, const Layout& L, const int32_t* X, int64_t n, ForwardWork& ws) {
+  float* emb = ws.emb.get((size_t)(n * L.TE));
+  float* h = ws.h.get((size_t)(n * L.Hp));
+  float* logits = ws.logits.get((size_t)(n * L.Vp));
+  gather(W.C, L.E, X, n * L.T, emb);
+  gemm<kBiasTanh>(n, L.Hp, L.TE, emb, L.TE, 1, W.W1, L.Hp, true, h, L.Hp, W.b1, 1.f, ws.pack);
+  gemm<kBias>(n, L.Vp, L.H, h, L.Hp, 1, W.W2, L.Vp, true, logits, L.Vp, W.b2, 1.f, ws.pack);
+  return logits;
+}
+
+inline bool parallel_rows(int64_t N, const Layout& L) {
+  const int64_t macs_per_row = (int64_t)L.TE * L.H + (int64_t)L.H * L.V;
+  return max_threads() > 1 && N > kChunk && N * macs_per_row >= kParallelMacs;
 }
 
 void mlp_forward(const Params& P, const Dims& d, const int32_t* X, int64_t N, float* logits) {
+  const Layout L = layout_of(d);
+  const PaddedCopy M(P, L);
   const int64_t chunks = (N + kChunk - 1) / kChunk;
-  const int64_t macs_per_row = (int64_t)d.T * d.E * d.H + (int64_t)d.H * d.V;
 #ifdef _OPENMP
-#pragma omp parallel if (max_threads() > 1 && chunks > 1 && N * macs_per_row >= kParallelMacs)
+#pragma omp parallel if (parallel_rows(N, L))
 #endif
   {
     ForwardWork ws;
@@ -494,20 +588,21 @@ void mlp_forward(const Params& P, const Dims& d, const int32_t* X, int64_t N, fl
 #endif
     for (int64_t c = 0; c < chunks; ++c) {
       const int64_t i0 = c * kChunk, n = min64(kChunk, N - i0);
-      forward_rows(P, d, X + i0 * d.T, n, logits + i0 * d.V, ws);
+      const float* lp = forward_rows(M.w, L, X + i0 * L.T, n, ws);
+      copy_unpad(lp, (int)n, L.Vp, logits + i0 * L.V, L.V);
     }
   }
-  (void)macs_per_row;
 }
 
 double mlp_loss_sum(const Params& P, const Dims& d, const int32_t* X, const int32_t* Y, int64_t N) {
+  const Layout L = layout_of(d);
+  const PaddedCopy M(P, L);
   const int64_t chunks = (N + kChunk - 1) / kChunk;
   if (chunks <= 0) return 0.0;
   double* partial = (double*)malloc((size_t)chunks * sizeof(double));
   if (!partial) abort();
-  const int64_t macs_per_row = (int64_t)d.T * d.E * d.H + (int64_t)d.H * d.V;
 #ifdef _OPENMP
-#pragma omp parallel if (max_threads() > 1 && chunks > 1 && N * macs_per_row >= kParallelMacs)
+#pragma omp parallel if (parallel_rows(N, L))
 #endif
   {
     ForwardWork ws;
@@ -516,105 +611,115 @@ double mlp_loss_sum(const Params& P, const Dims& d, const int32_t* X, const int3
 #endif
     for (int64_t c = 0; c < chunks; ++c) {
       const int64_t i0 = c * kChunk, n = min64(kChunk, N - i0);
-      float* logits = ws.logits.get((size_t)(n * d.V));
-      forward_rows(P, d, X + i0 * d.T, n, logits, ws);
+      const float* logits = forward_rows(M.w, L, X + i0 * L.T, n, ws);
       double s = 0.0;
-      for (int64_t i = 0; i < n; ++i) s += xent_row(logits + i * d.V, Y[i0 + i], d.V, nullptr, 0.f);
-      partial[c] = s;
+      for (int64_t i = 0; i < n; ++i) s += xent_row(logits + i * L.Vp, Y[i0 + i], L.V, nullptr, 0.f);
+      partial[c] = s;  // per fixed chunk, summed in order below: independent of the thread count
     }
   }
   double total = 0.0;
   for (int64_t c = 0; c < chunks; ++c) total += partial[c];
   free(partial);
-  (void)macs_per_row;
   return total;
 }
 
-// Workspace of one training step with batch B (or one loss_and_grad call).
+// Workspace of one training step (or one loss_and_grad call), reused across steps.
 struct StepWork {
-  Buf emb, h, logits, dlogits, dh, dpre, demb, wt1, wt2, pack, colsum, dC;
+  Buf emb, h, logits, dlogits, dpre, demb, w1t, w2t, colsum, dC, pack;
 };
 
-// Forward and backward of one batch. If lr is 0 the gradients are written to G;
-// otherwise the SGD update p -= lr * grad is applied to P in place (fused into
-// the weight-gradient products) and G is not touched.
-// Returns the mean loss, or NaN/inf (without updating) when the loss is not finite.
-double step(const MutParams& P, const MutParams* G, float lr, const Dims& d, const int32_t* X, const int32_t* Y,
-            int64_t B, StepWork& ws) {
-  const int TE = d.T * d.E, H = d.H, V = d.V;
-  float* emb = ws.emb.get((size_t)(B * TE));
-  float* h = ws.h.get((size_t)(B * H));
-  float* logits = ws.logits.get((size_t)(B * V));
-  float* dlogits = ws.dlogits.get((size_t)(B * V));
-  float* dh = ws.dh.get((size_t)(B * H));
-  float* dpre = ws.dpre.get((size_t)(B * H));
-  float* demb = ws.demb.get((size_t)(B * TE));
+// Forward and backward of one batch X (B, T), Y (B,) on padded weights W.
+// G given: the gradients are written to G (padded layout). G null: the SGD update
+// W -= lr * grad is applied in place, fused into the weight-gradient products.
+// Returns the mean loss; if it is not finite nothing is updated.
+double step(const PadWeights& W, const PadWeights* G, float lr, const Layout& L, const int32_t* X,
+            const int32_t* Y, int64_t B, StepWork& ws) {
+  const int TE = L.TE, H = L.H, V = L.V, Hp = L.Hp, Vp = L.Vp, TEp = L.TEp;
+  float* emb = ws.emb.get((size_t)(B * TE));        // (B, TE)
+  float* h = ws.h.get((size_t)(B * Hp));            // (B, Hp)
+  float* logits = ws.logits.get((size_t)(B * Vp));  // (B, Vp)
+  float* dlogits = ws.dlogits.get((size_t)(B * Vp));
+  float* dpre = ws.dpre.get((size_t)(B * Hp));      // d(loss)/d(pre-activation), (B, Hp)
+  float* demb = ws.demb.get((size_t)(B * TEp));     // (B, TEp)
 
-  // forward
-  embedding_forward(P.C, X, emb, B, d.T, d.E);
-  gemm<kBiasTanh>(B, H, TE, emb, TE, 1, P.W1, H, false, h, H, P.b1, 1.f, ws.pack);
-  gemm<kBias>(B, V, H, h, H, 1, P.W2, V, false, logits, V, P.b2, 1.f, ws.pack);
-  const double loss = cross_entropy(logits, Y, dlogits, B, V) / (double)B;
+  // forward: emb = C[X]; h = tanh(emb W1 + b1); logits = h W2 + b2
+  gather(W.C, L.E, X, B * L.T, emb);
+  gemm<kBiasTanh>(B, Hp, TE, emb, TE, 1, W.W1, Hp, true, h, Hp, W.b1, 1.f, ws.pack);
+  gemm<kBias>(B, Vp, H, h, Hp, 1, W.W2, Vp, true, logits, Vp, W.b2, 1.f, ws.pack);
+  double loss = 0.0;
+  const float scale = 1.0f / (float)B;
+  for (int64_t i = 0; i < B; ++i) {
+    float* d = dlogits + i * Vp;
+    loss += xent_row(logits + i * Vp, Y[i], V, d, scale);
+    for (int v = V; v < Vp; ++v) d[v] = 0.f;  // the pad columns take part in products below
+  }
+  loss /= (double)B;
   if (!__builtin_isfinite(loss)) return loss;
 
-  // backward; every product reads the parameters before their update
-  int64_t ld;
-  const float* W2T = transpose_padded(P.W2, H, V, ws.wt2, &ld);
-  gemm<kStore>(B, H, V, dlogits, V, 1, W2T, ld, true, dh, H, nullptr, 1.f, ws.pack);  // dh = dlogits W2^T
-  tanh_backward(dh, h, dpre, B * H);
-  const float* W1T = transpose_padded(P.W1, TE, H, ws.wt1, &ld);
-  gemm<kStore>(B, TE, H, dpre, H, 1, W1T, ld, true, demb, TE, nullptr, 1.f, ws.pack);  // demb = dpre W1^T
+  // backward; every product reads the weights before their update
+  float* W2T = ws.w2t.get((size_t)V * Hp);
+  transpose_pad(W.W2, H, V, Vp, W2T, Hp);  // (V, Hp)
+  gemm<kTanhGrad>(B, Hp, V, dlogits, Vp, 1, W2T, Hp, true, dpre, Hp, h, 1.f, ws.pack);  // (dlogits W2^T)(1-h^2)
+  float* W1T = ws.w1t.get((size_t)H * TEp);
+  transpose_pad(W.W1, TE, H, Hp, W1T, TEp);  // (H, TEp)
+  gemm<kStore>(B, TEp, H, dpre, Hp, 1, W1T, TEp, true, demb, TEp, nullptr, 1.f, ws.pack);  // dpre W1^T
 
   if (G) {
-    column_sums(dlogits, B, V, G->b2);
-    gemm<kStore>(H, V, (int)B, h, 1, H, dlogits, V, false, G->W2, V, nullptr, 1.f, ws.pack);
-    column_sums(dpre, B, H, G->b1);
-    gemm<kStore>(TE, H, (int)B, emb, 1, TE, dpre, H, false, G->W1, H, nullptr, 1.f, ws.pack);
-    memset(G->C, 0, (size_t)d.V * d.E * sizeof(float));
-    embedding_backward(demb, X, G->C, B, d.T, d.E);
+    column_sums_ld(dlogits, B, Vp, Vp, G->b2);
+    gemm<kStore>(H, Vp, (int)B, h, 1, Hp, dlogits, Vp, true, G->W2, Vp, nullptr, 1.f, ws.pack);
+    column_sums_ld(dpre, B, Hp, Hp, G->b1);
+    gemm<kStore>(TE, Hp, (int)B, emb, 1, TE, dpre, Hp, true, G->W1, Hp, nullptr, 1.f, ws.pack);
+    memset(G->C, 0, sizeof(float) * V * L.E);
+    scatter_add(demb, TEp, X, B, L.T, L.E, G->C);
   } else {
-    float* colsum = ws.colsum.get((size_t)(H > V ? H : V));
-    column_sums(dlogits, B, V, colsum);
-    axpy(P.b2, colsum, V, -lr);
-    gemm<kAccumScaled>(H, V, (int)B, h, 1, H, dlogits, V, false, P.W2, V, nullptr, -lr, ws.pack);
-    column_sums(dpre, B, H, colsum);
-    axpy(P.b1, colsum, H, -lr);
-    gemm<kAccumScaled>(TE, H, (int)B, emb, 1, TE, dpre, H, false, P.W1, H, nullptr, -lr, ws.pack);
-    // dC is accumulated in full first, as autograd does, then applied once per row
-    float* dC = ws.dC.get((size_t)d.V * d.E);
-    memset(dC, 0, (size_t)d.V * d.E * sizeof(float));
-    embedding_backward(demb, X, dC, B, d.T, d.E);
-    axpy(P.C, dC, (int64_t)d.V * d.E, -lr);
+    float* colsum = ws.colsum.get((size_t)(Hp > Vp ? Hp : Vp));
+    column_sums_ld(dlogits, B, Vp, Vp, colsum);
+    axpy(W.b2, colsum, Vp, -lr);
+    gemm<kAccumScaled>(H, Vp, (int)B, h, 1, Hp, dlogits, Vp, true, W.W2, Vp, nullptr, -lr, ws.pack);
+    column_sums_ld(dpre, B, Hp, Hp, colsum);
+    axpy(W.b1, colsum, Hp, -lr);
+    gemm<kAccumScaled>(TE, Hp, (int)B, emb, 1, TE, dpre, Hp, true, W.W1, Hp, nullptr, -lr, ws.pack);
+    // dC is accumulated in full first, as autograd does, then applied once
+    float* dC = ws.dC.get((size_t)V * L.E);
+    memset(dC, 0, sizeof(float) * V * L.E);
+    scatter_add(demb, TEp, X, B, L.T, L.E, dC);
+    axpy(W.C, dC, (int64_t)V * L.E, -lr);
   }
   return loss;
 }
 
 double mlp_loss_and_grad(const Params& P, const Dims& d, const int32_t* X, const int32_t* Y, int64_t N,
-                         const MutParams& G) {
+                         const MutParams& grads) {
+  const Layout L = layout_of(d);
+  const PaddedCopy M(P, L);  // only read: step() writes weights only when G is null
+  PaddedCopy G(L);
   StepWork ws;
-  // step() only writes P when lr != 0; here it is only read
-  const MutParams mp{const_cast<float*>(P.C), const_cast<float*>(P.W1), const_cast<float*>(P.b1),
-                     const_cast<float*>(P.W2), const_cast<float*>(P.b2)};
-  return step(mp, &G, 0.f, d, X, Y, N, ws);
+  const double loss = step(M.w, &G.w, 0.f, L, X, Y, N, ws);
+  G.copy_out(L, grads);
+  return loss;
 }
 
 int64_t train_steps(const MutParams& P, const Dims& d, const TrainArgs& a) {
+  const Layout L = layout_of(d);
+  PaddedCopy M(Params{P.C, P.W1, P.b1, P.W2, P.b2}, L);  // C is updated in place
   StepWork ws;
   const int B = a.batch_size;
-  int32_t* Xb = (int32_t*)malloc((size_t)B * d.T * sizeof(int32_t));
+  int32_t* Xb = (int32_t*)malloc((size_t)B * L.T * sizeof(int32_t));
   int32_t* Yb = (int32_t*)malloc((size_t)B * sizeof(int32_t));
   if (!Xb || !Yb) abort();
   int64_t done = 0;
   for (; done < a.steps; ++done) {
     for (int b = 0; b < B; ++b) {
       const int64_t ix = a.batches ? a.batches[done * B + b] : (int64_t)rng_below(a.rng_state, (uint64_t)a.n_examples);
-      memcpy(Xb + (int64_t)b * d.T, a.X + ix * d.T, (size_t)d.T * sizeof(int32_t));
+      const int32_t* src = a.X + ix * L.T;
+      for (int t = 0; t < L.T; ++t) Xb[(int64_t)b * L.T + t] = src[t];
       Yb[b] = a.Y[ix];
     }
-    const double loss = step(P, nullptr, a.lrs[done], d, Xb, Yb, B, ws);
+    const double loss = step(M.w, nullptr, a.lrs[done], L, Xb, Yb, B, ws);
     a.losses[done] = (float)loss;
     if (!__builtin_isfinite(loss)) break;
   }
+  M.copy_out(L, P);
   free(Xb);
   free(Yb);
   return done;
@@ -624,41 +729,42 @@ int64_t train_steps(const MutParams& P, const Dims& d, const TrainArgs& a) {
 // forward pass. Word i draws from its own stream seeded by (seed, i).
 void sample(const Params& P, const Dims& d, const SampleArgs& a) {
   constexpr int64_t kBatch = 256;
+  const Layout L = layout_of(d);
+  const PaddedCopy M(P, L);
   const int64_t batches = (a.n_samples + kBatch - 1) / kBatch;
 #ifdef _OPENMP
 #pragma omp parallel if (max_threads() > 1 && batches > 1)
 #endif
   {
     ForwardWork ws;
-    Buf logits_buf, prob_buf;
-    int32_t* ctx = (int32_t*)malloc((size_t)kBatch * d.T * sizeof(int32_t));
+    Buf prob_buf;
+    int32_t* ctx = (int32_t*)malloc((size_t)kBatch * L.T * sizeof(int32_t));
     uint64_t(*rng)[4] = (uint64_t(*)[4])malloc((size_t)kBatch * sizeof(uint64_t[4]));
     unsigned char* alive = (unsigned char*)malloc(kBatch);
     if (!ctx || !rng || !alive) abort();
+    float* prob = prob_buf.get((size_t)L.V);
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic)
 #endif
     for (int64_t bi = 0; bi < batches; ++bi) {
       const int64_t w0 = bi * kBatch, n = min64(kBatch, a.n_samples - w0);
-      memset(ctx, 0, (size_t)n * d.T * sizeof(int32_t));
+      memset(ctx, 0, (size_t)n * L.T * sizeof(int32_t));
       memset(alive, 1, (size_t)n);
       memset(a.out + w0 * a.max_len, 0, (size_t)(n * a.max_len) * sizeof(int32_t));
       for (int64_t i = 0; i < n; ++i) rng_seed(rng[i], a.seed ^ (0x9E3779B97F4A7C15ull * (uint64_t)(w0 + i + 1)));
-      float* logits = logits_buf.get((size_t)(n * d.V));
-      float* prob = prob_buf.get((size_t)d.V);
       int64_t n_alive = n;
       for (int pos = 0; pos < a.max_len && n_alive > 0; ++pos) {
-        forward_rows(P, d, ctx, n, logits, ws);
+        const float* logits = forward_rows(M.w, L, ctx, n, ws);
         for (int64_t i = 0; i < n; ++i) {
           if (!alive[i]) continue;
-          const float* z = logits + i * d.V;
+          const float* z = logits + i * L.Vp;
           // keep the top_k largest logits: threshold = k-th largest value
           float thresh = -INFINITY;
-          if (a.top_k > 0 && a.top_k < d.V) {
-            for (int v = 0; v < d.V; ++v) prob[v] = z[v];
+          if (a.top_k > 0 && a.top_k < L.V) {
+            for (int v = 0; v < L.V; ++v) prob[v] = z[v];
             for (int k = 0; k < a.top_k; ++k) {  // partial selection sort, descending
               int best = k;
-              for (int v = k + 1; v < d.V; ++v)
+              for (int v = k + 1; v < L.V; ++v)
                 if (prob[v] > prob[best]) best = v;
               const float t = prob[k];
               prob[k] = prob[best];
@@ -667,9 +773,9 @@ void sample(const Params& P, const Dims& d, const SampleArgs& a) {
             thresh = prob[a.top_k - 1];
           }
           float m = -INFINITY;
-          for (int v = 0; v < d.V; ++v) m = z[v] > m ? z[v] : m;
+          for (int v = 0; v < L.V; ++v) m = z[v] > m ? z[v] : m;
           double total = 0.0;
-          for (int v = 0; v < d.V; ++v) {
+          for (int v = 0; v < L.V; ++v) {
             const float p = z[v] >= thresh ? expf((z[v] - m) / a.temperature) : 0.f;
             prob[v] = p;
             total += p;
@@ -677,16 +783,16 @@ void sample(const Params& P, const Dims& d, const SampleArgs& a) {
           const double u = (double)rng_uniform(rng[i]) * total;
           double c = 0.0;
           int32_t ix = 0;
-          for (int v = 0; v < d.V; ++v) {
+          for (int v = 0; v < L.V; ++v) {
             if (prob[v] <= 0.f) continue;
             c += prob[v];
             ix = v;
             if (u < c) break;
           }
           a.out[(w0 + i) * a.max_len + pos] = ix;
-          int32_t* row = ctx + i * d.T;
-          memmove(row, row + 1, (size_t)(d.T - 1) * sizeof(int32_t));
-          row[d.T - 1] = ix;
+          int32_t* row = ctx + i * L.T;
+          for (int t = 0; t + 1 < L.T; ++t) row[t] = row[t + 1];
+          row[L.T - 1] = ix;
           if (ix == 0) {
             alive[i] = 0;
             --n_alive;

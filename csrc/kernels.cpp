@@ -255,31 +255,80 @@ inline const float* pad_columns(const float* B, int64_t ldb, int K, int N, Buf& 
   return P;
 }
 
-// b_padded: B already has readable (zero) columns up to round_up(N, VW) in each row.
+// A product split into tasks (register tiles): task t covers rows [i0, i0 + MR) of
+// column block cb. Every output element belongs to exactly one task.
+struct GemmPlan {
+  int64_t M;
+  int N, K;
+  const float* A;
+  int64_t sai, sap;
+  const float* B;  // readable (zero) columns up to round_up(N, VW) in each row
+  int64_t ldb;
+  float* C;
+  int64_t ldc;
+  const float* ep;
+  float alpha;
+  int64_t row_blocks, tasks;
+};
+
+inline GemmPlan plan(int64_t M, int N, int K, const float* A, int64_t sai, int64_t sap, const float* B, int64_t ldb,
+                     float* C, int64_t ldc, const float* ep, float alpha) {
+  const int64_t row_blocks = M > 0 ? (M + GEMM_MR - 1) / GEMM_MR : 0;
+  const int64_t col_blocks = N > 0 ? (N + GEMM_NV * VW - 1) / (GEMM_NV * VW) : 0;
+  return {M, N, K, A, sai, sap, B, ldb, C, ldc, ep, alpha, row_blocks, row_blocks * col_blocks};
+}
+
+template <int EPI>
+inline void run_task(const GemmPlan& g, int64_t t) {
+  const int cols_per_block = GEMM_NV * VW;
+  const int64_t cb = t / g.row_blocks, rb = t % g.row_blocks;  // column block outer: B block stays in cache
+  const int64_t i0 = rb * GEMM_MR;
+  const int j0 = (int)(cb * cols_per_block);
+  const int mr = (int)min64(GEMM_MR, g.M - i0);
+  const int ncols = g.N - j0 < cols_per_block ? g.N - j0 : cols_per_block;
+  const int nv = (ncols + VW - 1) / VW;
+  const float* ept = EPI == kTanhGrad ? g.ep + i0 * g.ldc + j0 : (g.ep ? g.ep + j0 : nullptr);
+  gemm_tile_any<EPI>(mr, nv, g.K, g.A + i0 * g.sai, g.sai, g.sap, g.B + j0, g.ldb, g.C + i0 * g.ldc + j0, g.ldc,
+                     ncols, ept, g.alpha);
+}
+
+// All tasks on the calling thread.
+template <int EPI>
+inline void gemm_serial(const GemmPlan& g) {
+  for (int64_t t = 0; t < g.tasks; ++t) run_task<EPI>(g, t);
+}
+
+// Tasks shared out over the current OpenMP team (an orphaned `omp for`: serial when
+// called outside a parallel region). NOWAIT skips the barrier at the end.
+template <int EPI, bool NOWAIT = false>
+inline void gemm_team(const GemmPlan& g) {
+  if constexpr (NOWAIT) {
+#ifdef _OPENMP
+#pragma omp for schedule(static) nowait
+#endif
+    for (int64_t t = 0; t < g.tasks; ++t) run_task<EPI>(g, t);
+  } else {
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+    for (int64_t t = 0; t < g.tasks; ++t) run_task<EPI>(g, t);
+  }
+}
+
+// A standalone product: pads B if needed (b_padded: it already has readable zero
+// columns up to round_up(N, VW)), and uses all threads when it is big enough.
 template <int EPI>
 void gemm(int64_t M, int N, int K, const float* A, int64_t sai, int64_t sap, const float* B, int64_t ldb,
           bool b_padded, float* C, int64_t ldc, const float* ep, float alpha, Buf& pack) {
   if (M <= 0 || N <= 0) return;
   int64_t ld = ldb;
   const float* Bp = b_padded ? B : pad_columns(B, ldb, K, N, pack, &ld);
-  const int cols_per_block = GEMM_NV * VW;
-  const int64_t row_blocks = (M + GEMM_MR - 1) / GEMM_MR;
-  const int64_t col_blocks = (N + cols_per_block - 1) / cols_per_block;
-  const int64_t tasks = row_blocks * col_blocks;
-  const bool parallel = max_threads() > 1 && M * (int64_t)N * K >= kParallelMacs && tasks > 1;
+  const GemmPlan g = plan(M, N, K, A, sai, sap, Bp, ld, C, ldc, ep, alpha);
+  const bool parallel = max_threads() > 1 && M * (int64_t)N * K >= kParallelMacs && g.tasks > 1;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (parallel)
+#pragma omp parallel if (parallel)
 #endif
-  for (int64_t t = 0; t < tasks; ++t) {
-    const int64_t cb = t / row_blocks, rb = t % row_blocks;  // column block outer: B block stays in cache
-    const int64_t i0 = rb * GEMM_MR;
-    const int j0 = (int)(cb * cols_per_block);
-    const int mr = (int)min64(GEMM_MR, M - i0);
-    const int ncols = N - j0 < cols_per_block ? N - j0 : cols_per_block;
-    const int nv = (ncols + VW - 1) / VW;
-    const float* ept = EPI == kTanhGrad ? ep + i0 * ldc + j0 : (ep ? ep + j0 : nullptr);
-    gemm_tile_any<EPI>(mr, nv, K, A + i0 * sai, sai, sap, Bp + j0, ld, C + i0 * ldc + j0, ldc, ncols, ept, alpha);
-  }
+  gemm_team<EPI>(g);
   (void)parallel;
 }
 
@@ -555,7 +604,7 @@ struct PaddedCopy {
 constexpr int64_t kChunk = 256;
 
 struct ForwardWork {
-  Buf emb, h, logits, pack;
+  Buf emb, h, logits;
 };
 
 // Padded logits (n, Vp) of rows X (n, T), single-threaded; returns the buffer.
@@ -564,8 +613,8 @@ inline float* forward_rows(const PadWeights& W, const Layout& L, const int32_t* 
   float* h = ws.h.get((size_t)(n * L.Hp));
   float* logits = ws.logits.get((size_t)(n * L.Vp));
   gather(W.C, L.E, X, n * L.T, emb);
-  gemm<kBiasTanh>(n, L.Hp, L.TE, emb, L.TE, 1, W.W1, L.Hp, true, h, L.Hp, W.b1, 1.f, ws.pack);
-  gemm<kBias>(n, L.Vp, L.H, h, L.Hp, 1, W.W2, L.Vp, true, logits, L.Vp, W.b2, 1.f, ws.pack);
+  gemm_serial<kBiasTanh>(plan(n, L.Hp, L.TE, emb, L.TE, 1, W.W1, L.Hp, h, L.Hp, W.b1, 1.f));
+  gemm_serial<kBias>(plan(n, L.Vp, L.H, h, L.Hp, 1, W.W2, L.Vp, logits, L.Vp, W.b2, 1.f));
   return logits;
 }
 
@@ -624,77 +673,178 @@ double mlp_loss_sum(const Params& P, const Dims& d, const int32_t* X, const int3
 }
 
 // Workspace of one training step (or one loss_and_grad call), reused across steps.
+// Allocated before any parallel region: inside one, threads only use the pointers.
 struct StepWork {
-  Buf emb, h, logits, dlogits, dpre, demb, w1t, w2t, colsum, dC, pack;
+  Buf b_emb, b_h, b_logits, b_dlogits, b_dpre, b_demb, b_w1t, b_w2t, b_dC, b_loss, b_X, b_Y;
+  float *emb, *h, *logits, *dlogits, *dpre, *demb, *w1t, *w2t, *dC, *row_loss;
+  int32_t *Xb, *Yb;
+  void prepare(const Layout& L, int64_t B) {
+    emb = b_emb.get((size_t)(B * L.TE));         // (B, TE)
+    h = b_h.get((size_t)(B * L.Hp));             // (B, Hp)
+    logits = b_logits.get((size_t)(B * L.Vp));   // (B, Vp)
+    dlogits = b_dlogits.get((size_t)(B * L.Vp)); // (B, Vp)
+    dpre = b_dpre.get((size_t)(B * L.Hp));       // d(loss)/d(pre-activation), (B, Hp)
+    demb = b_demb.get((size_t)(B * L.TEp));      // (B, TEp)
+    w1t = b_w1t.get((size_t)L.H * L.TEp);        // W1^T (H, TEp)
+    w2t = b_w2t.get((size_t)L.V * L.Hp);         // W2^T (V, Hp)
+    dC = b_dC.get((size_t)L.V * L.E);
+    row_loss = b_loss.get((size_t)B);
+    Xb = (int32_t*)b_X.get((size_t)(B * L.T));   // int32 and float have the same size
+    Yb = (int32_t*)b_Y.get((size_t)B);
+  }
 };
 
-// Forward and backward of one batch X (B, T), Y (B,) on padded weights W.
-// G given: the gradients are written to G (padded layout). G null: the SGD update
-// W -= lr * grad is applied in place, fused into the weight-gradient products.
-// Returns the mean loss; if it is not finite nothing is updated.
-double step(const PadWeights& W, const PadWeights* G, float lr, const Layout& L, const int32_t* X,
-            const int32_t* Y, int64_t B, StepWork& ws) {
-  const int TE = L.TE, H = L.H, V = L.V, Hp = L.Hp, Vp = L.Vp, TEp = L.TEp;
-  float* emb = ws.emb.get((size_t)(B * TE));        // (B, TE)
-  float* h = ws.h.get((size_t)(B * Hp));            // (B, Hp)
-  float* logits = ws.logits.get((size_t)(B * Vp));  // (B, Vp)
-  float* dlogits = ws.dlogits.get((size_t)(B * Vp));
-  float* dpre = ws.dpre.get((size_t)(B * Hp));      // d(loss)/d(pre-activation), (B, Hp)
-  float* demb = ws.demb.get((size_t)(B * TEp));     // (B, TEp)
+// A contiguous share of [0, n) for this thread of the team (all of it outside a team).
+inline void my_share(int64_t n, int64_t* begin, int64_t* end) {
+#ifdef _OPENMP
+  const int64_t nt = omp_get_num_threads(), id = omp_get_thread_num();
+#else
+  const int64_t nt = 1, id = 0;
+#endif
+  *begin = n * id / nt;
+  *end = n * (id + 1) / nt;
+}
 
-  // forward: emb = C[X]; h = tanh(emb W1 + b1); logits = h W2 + b2
-  gather(W.C, L.E, X, B * L.T, emb);
-  gemm<kBiasTanh>(B, Hp, TE, emb, TE, 1, W.W1, Hp, true, h, Hp, W.b1, 1.f, ws.pack);
-  gemm<kBias>(B, Vp, H, h, Hp, 1, W.W2, Vp, true, logits, Vp, W.b2, 1.f, ws.pack);
-  double loss = 0.0;
+// p (n,) += alpha * g over this thread's share, in whole vectors where possible.
+inline void axpy_share(float* p, const float* g, int64_t n, float alpha) {
+  const int64_t vecs = (n + VW - 1) / VW;
+  int64_t b, e;
+  my_share(vecs, &b, &e);
+  const int64_t i0 = b * VW, i1 = min64(e * VW, n);
+  if (i1 > i0) axpy(p + i0, g + i0, i1 - i0, alpha);
+}
+
+// db (M,) = column sums of g (N, ld) over this thread's share of the column vectors;
+// then, if W is given, W[j] -= lr * db[j] (the fused bias update).
+inline void column_sums_share(const float* g, int64_t N, int M, int64_t ld, float* db, float* bias, float lr) {
+  const int64_t vecs = (M + VW - 1) / VW;
+  int64_t b, e;
+  my_share(vecs, &b, &e);
+  for (int64_t v = b; v < e; ++v) {
+    const int j = (int)(v * VW), n = M - j < VW ? M - j : VW;
+    vf s = {};
+    for (int64_t i = 0; i < N; ++i) s += load_part(g + i * ld + j, n);
+    store_part(db + j, s, n);
+    if (bias) store_part(bias + j, load_part(bias + j, n) - splat(lr) * s, n);
+  }
+}
+
+// Copies the batch (explicit indices or drawn with the RNG) and gathers its embeddings.
+inline void load_batch(const TrainArgs& a, const PadWeights& W, const Layout& L, int64_t step, StepWork& ws) {
+  const int B = a.batch_size;
+  for (int b = 0; b < B; ++b) {
+    const int64_t ix = a.batches ? a.batches[step * B + b] : (int64_t)rng_below(a.rng_state, (uint64_t)a.n_examples);
+    const int32_t* src = a.X + ix * L.T;
+    for (int t = 0; t < L.T; ++t) ws.Xb[(int64_t)b * L.T + t] = src[t];
+    ws.Yb[b] = a.Y[ix];
+  }
+  gather(W.C, L.E, ws.Xb, (int64_t)B * L.T, ws.emb);
+}
+
+// Forward and backward of one batch (ws.Xb, ws.Yb, with ws.emb gathered), run by
+// every thread of the current OpenMP team (or by one thread outside a team); each
+// stage is shared out, so every output element is computed by one thread in a
+// fixed order and results do not depend on the number of threads.
+// G given: gradients are written to G (padded layout). G null: the SGD update
+// W -= lr * grad is applied in place, fused into the weight-gradient products.
+// Returns the mean loss (the same value on every thread); if it is not finite,
+// nothing is updated. The caller must make C final (G: dC) by `finish_step`.
+double step_team(const PadWeights& W, const PadWeights* G, float lr, const Layout& L, int64_t B, StepWork& ws) {
+  const int TE = L.TE, H = L.H, V = L.V, Hp = L.Hp, Vp = L.Vp, TEp = L.TEp;
+  // forward: h = tanh(emb W1 + b1); logits = h W2 + b2
+  gemm_team<kBiasTanh>(plan(B, Hp, TE, ws.emb, TE, 1, W.W1, Hp, ws.h, Hp, W.b1, 1.f));
+  gemm_team<kBias>(plan(B, Vp, H, ws.h, Hp, 1, W.W2, Vp, ws.logits, Vp, W.b2, 1.f));
+
+  // loss and dlogits, one row per task; meanwhile the transposed weights for backward
+  int64_t b0, b1;
+  my_share(V, &b0, &b1);
+  for (int64_t v = b0; v < b1; ++v)  // W2T (V, Hp) = W2 (H, Vp)^T, zero pad
+    for (int j = 0; j < Hp; ++j) ws.w2t[v * Hp + j] = j < H ? W.W2[(int64_t)j * Vp + v] : 0.f;
+  my_share(H, &b0, &b1);
+  for (int64_t j = b0; j < b1; ++j)  // W1T (H, TEp) = W1 (TE, Hp)^T, zero pad
+    for (int k = 0; k < TEp; ++k) ws.w1t[j * TEp + k] = k < TE ? W.W1[(int64_t)k * Hp + j] : 0.f;
   const float scale = 1.0f / (float)B;
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
   for (int64_t i = 0; i < B; ++i) {
-    float* d = dlogits + i * Vp;
-    loss += xent_row(logits + i * Vp, Y[i], V, d, scale);
+    float* d = ws.dlogits + i * Vp;
+    ws.row_loss[i] = xent_row(ws.logits + i * Vp, ws.Yb[i], V, d, scale);
     for (int v = V; v < Vp; ++v) d[v] = 0.f;  // the pad columns take part in products below
   }
+  double loss = 0.0;  // every thread sums the same numbers in the same order
+  for (int64_t i = 0; i < B; ++i) loss += ws.row_loss[i];
   loss /= (double)B;
   if (!__builtin_isfinite(loss)) return loss;
 
-  // backward; every product reads the weights before their update
-  float* W2T = ws.w2t.get((size_t)V * Hp);
-  transpose_pad(W.W2, H, V, Vp, W2T, Hp);  // (V, Hp)
-  gemm<kTanhGrad>(B, Hp, V, dlogits, Vp, 1, W2T, Hp, true, dpre, Hp, h, 1.f, ws.pack);  // (dlogits W2^T)(1-h^2)
-  float* W1T = ws.w1t.get((size_t)H * TEp);
-  transpose_pad(W.W1, TE, H, Hp, W1T, TEp);  // (H, TEp)
-  gemm<kStore>(B, TEp, H, dpre, Hp, 1, W1T, TEp, true, demb, TEp, nullptr, 1.f, ws.pack);  // dpre W1^T
-
+  // backward; every product reads the weights before their update (or their transposed copies)
+  gemm_team<kTanhGrad, true>(plan(B, Hp, V, ws.dlogits, Vp, 1, ws.w2t, Hp, ws.dpre, Hp, ws.h, 1.f));
   if (G) {
-    column_sums_ld(dlogits, B, Vp, Vp, G->b2);
-    gemm<kStore>(H, Vp, (int)B, h, 1, Hp, dlogits, Vp, true, G->W2, Vp, nullptr, 1.f, ws.pack);
-    column_sums_ld(dpre, B, Hp, Hp, G->b1);
-    gemm<kStore>(TE, Hp, (int)B, emb, 1, TE, dpre, Hp, true, G->W1, Hp, nullptr, 1.f, ws.pack);
-    memset(G->C, 0, sizeof(float) * V * L.E);
-    scatter_add(demb, TEp, X, B, L.T, L.E, G->C);
+    gemm_team<kStore, true>(plan(H, Vp, (int)B, ws.h, 1, Hp, ws.dlogits, Vp, G->W2, Vp, nullptr, 1.f));
+    column_sums_share(ws.dlogits, B, Vp, Vp, G->b2, nullptr, 0.f);
   } else {
-    float* colsum = ws.colsum.get((size_t)(Hp > Vp ? Hp : Vp));
-    column_sums_ld(dlogits, B, Vp, Vp, colsum);
-    axpy(W.b2, colsum, Vp, -lr);
-    gemm<kAccumScaled>(H, Vp, (int)B, h, 1, Hp, dlogits, Vp, true, W.W2, Vp, nullptr, -lr, ws.pack);
-    column_sums_ld(dpre, B, Hp, Hp, colsum);
-    axpy(W.b1, colsum, Hp, -lr);
-    gemm<kAccumScaled>(TE, Hp, (int)B, emb, 1, TE, dpre, Hp, true, W.W1, Hp, nullptr, -lr, ws.pack);
-    // dC is accumulated in full first, as autograd does, then applied once
-    float* dC = ws.dC.get((size_t)V * L.E);
-    memset(dC, 0, sizeof(float) * V * L.E);
-    scatter_add(demb, TEp, X, B, L.T, L.E, dC);
-    axpy(W.C, dC, (int64_t)V * L.E, -lr);
+    gemm_team<kAccumScaled, true>(plan(H, Vp, (int)B, ws.h, 1, Hp, ws.dlogits, Vp, W.W2, Vp, nullptr, -lr));
+    column_sums_share(ws.dlogits, B, Vp, Vp, ws.logits, W.b2, lr);  // logits is free: scratch for db2
   }
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+  gemm_team<kStore, true>(plan(B, TEp, H, ws.dpre, Hp, 1, ws.w1t, TEp, ws.demb, TEp, nullptr, 1.f));
+  if (G) {
+    gemm_team<kStore, true>(plan(TE, Hp, (int)B, ws.emb, 1, TE, ws.dpre, Hp, G->W1, Hp, nullptr, 1.f));
+    column_sums_share(ws.dpre, B, Hp, Hp, G->b1, nullptr, 0.f);
+  } else {
+    gemm_team<kAccumScaled, true>(plan(TE, Hp, (int)B, ws.emb, 1, TE, ws.dpre, Hp, W.W1, Hp, nullptr, -lr));
+    column_sums_share(ws.dpre, B, Hp, Hp, ws.h, W.b1, lr);  // h is no longer read once dpre is done
+  }
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
   return loss;
+}
+
+// The embedding table's part of the backward pass, on one thread: dC = scatter(demb),
+// accumulated in full first as autograd does, then C -= lr * dC (or G->C = dC).
+inline void finish_step(const PadWeights& W, const PadWeights* G, float lr, const Layout& L, int64_t B, StepWork& ws) {
+  float* dC = G ? G->C : ws.dC;
+  memset(dC, 0, sizeof(float) * L.V * L.E);
+  scatter_add(ws.demb, L.TEp, ws.Xb, B, L.T, L.E, dC);
+  if (!G) axpy(W.C, dC, (int64_t)L.V * L.E, -lr);
+}
+
+// Use a team of threads for a step of this many multiply-adds. Measured on 2 cores
+// (benchmarks/bench_train.py --threads): the lecture's 1.1M already gains.
+constexpr int64_t kTeamMacs = 1 << 19;
+
+inline bool use_team(const Layout& L, int64_t B) {
+  const int64_t macs = 3 * B * ((int64_t)L.TE * L.H + (int64_t)L.H * L.V);
+  return max_threads() > 1 && macs >= kTeamMacs;
 }
 
 double mlp_loss_and_grad(const Params& P, const Dims& d, const int32_t* X, const int32_t* Y, int64_t N,
                          const MutParams& grads) {
   const Layout L = layout_of(d);
-  const PaddedCopy M(P, L);  // only read: step() writes weights only when G is null
+  const PaddedCopy M(P, L);  // only read: step_team writes weights only when G is null
   PaddedCopy G(L);
   StepWork ws;
-  const double loss = step(M.w, &G.w, 0.f, L, X, Y, N, ws);
+  ws.prepare(L, N);
+  memcpy(ws.Xb, X, sizeof(int32_t) * N * L.T);
+  memcpy(ws.Yb, Y, sizeof(int32_t) * N);
+  gather(M.w.C, L.E, ws.Xb, N * L.T, ws.emb);
+  double loss = 0.0;
+#ifdef _OPENMP
+#pragma omp parallel if (use_team(L, N))
+#endif
+  {
+    const double l = step_team(M.w, &G.w, 0.f, L, N, ws);
+#ifdef _OPENMP
+#pragma omp single
+#endif
+    {
+      loss = l;
+      if (__builtin_isfinite(l)) finish_step(M.w, &G.w, 0.f, L, N, ws);
+    }
+  }
   G.copy_out(L, grads);
   return loss;
 }
@@ -703,25 +853,38 @@ int64_t train_steps(const MutParams& P, const Dims& d, const TrainArgs& a) {
   const Layout L = layout_of(d);
   PaddedCopy M(Params{P.C, P.W1, P.b1, P.W2, P.b2}, L);  // C is updated in place
   StepWork ws;
-  const int B = a.batch_size;
-  int32_t* Xb = (int32_t*)malloc((size_t)B * L.T * sizeof(int32_t));
-  int32_t* Yb = (int32_t*)malloc((size_t)B * sizeof(int32_t));
-  if (!Xb || !Yb) abort();
+  ws.prepare(L, a.batch_size);
   int64_t done = 0;
-  for (; done < a.steps; ++done) {
-    for (int b = 0; b < B; ++b) {
-      const int64_t ix = a.batches ? a.batches[done * B + b] : (int64_t)rng_below(a.rng_state, (uint64_t)a.n_examples);
-      const int32_t* src = a.X + ix * L.T;
-      for (int t = 0; t < L.T; ++t) Xb[(int64_t)b * L.T + t] = src[t];
-      Yb[b] = a.Y[ix];
+  if (a.steps > 0) load_batch(a, M.w, L, 0, ws);
+#ifdef _OPENMP
+#pragma omp parallel if (use_team(L, a.batch_size))
+#endif
+  for (int64_t s = 0; s < a.steps; ++s) {
+    const float lr = a.lrs[s];
+    const double loss = step_team(M.w, nullptr, lr, L, a.batch_size, ws);
+    if (!__builtin_isfinite(loss)) {  // every thread sees the same loss: all leave together
+#ifdef _OPENMP
+#pragma omp single
+#endif
+      {
+        a.losses[s] = (float)loss;
+        done = s;
+      }
+      break;
     }
-    const double loss = step(M.w, nullptr, a.lrs[done], L, Xb, Yb, B, ws);
-    a.losses[done] = (float)loss;
-    if (!__builtin_isfinite(loss)) break;
+    // one thread: the embedding update, then the next batch (reads the updated C);
+    // the single's barrier keeps the others from starting the next step before it
+#ifdef _OPENMP
+#pragma omp single
+#endif
+    {
+      a.losses[s] = (float)loss;
+      finish_step(M.w, nullptr, lr, L, a.batch_size, ws);
+      if (s + 1 < a.steps) load_batch(a, M.w, L, s + 1, ws);
+      done = s + 1;
+    }
   }
   M.copy_out(L, P);
-  free(Xb);
-  free(Yb);
   return done;
 }
 

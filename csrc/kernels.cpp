@@ -24,6 +24,9 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#if defined(__AVX2__)
+#include <immintrin.h>  // only for the 8x8 transpose; intrinsics are always inlined
+#endif
 
 #ifndef FASTMLP_ISA
 #error "FASTMLP_ISA must name the build (generic, avx2, avx512)"
@@ -41,7 +44,7 @@ namespace {
 // ---------------------------------------------------------------------------
 #if defined(__AVX512F__)
 constexpr int VW = 16;     // floats per register
-constexpr int GEMM_MR = 4;  // rows of a register tile
+constexpr int GEMM_MR = 6;  // rows of a register tile
 constexpr int GEMM_NV = 4;  // registers per tile row
 #elif defined(__AVX2__)
 constexpr int VW = 8;
@@ -229,12 +232,18 @@ template <int EPI>
 inline void gemm_tile_any(int mr, int nv, int K, const float* A, int64_t sai, int64_t sap,
                           const float* B, int64_t ldb, float* C, int64_t ldc, int ncols,
                           const float* ep, float alpha) {
-  static_assert(GEMM_MR == 4, "tile dispatch below assumes 4 rows");
+  static_assert(GEMM_MR >= 4 && GEMM_MR <= 6, "tile dispatch below handles 4 to 6 rows");
   switch (mr) {
     case 1: gemm_tile_nv<EPI, 1>(nv, K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha); break;
     case 2: gemm_tile_nv<EPI, 2>(nv, K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha); break;
     case 3: gemm_tile_nv<EPI, 3>(nv, K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha); break;
-    default: gemm_tile_nv<EPI, 4>(nv, K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha); break;
+    case 4: gemm_tile_nv<EPI, 4>(nv, K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha); break;
+    case 5:
+      if constexpr (GEMM_MR >= 5) gemm_tile_nv<EPI, 5>(nv, K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha);
+      break;
+    default:
+      if constexpr (GEMM_MR >= 6) gemm_tile_nv<EPI, 6>(nv, K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha);
+      break;
   }
 }
 
@@ -600,6 +609,55 @@ struct PaddedCopy {
   }
 };
 
+// out[j][k] = in[k][j] for output rows j in [j0, j1) and k in [0, rows).
+// Columns of out past `rows` are left alone (the callers zero them once).
+#if defined(__AVX2__)
+inline void transpose8x8(const float* in, int64_t ldi, float* out, int64_t ldo) {
+  const __m256 r0 = _mm256_loadu_ps(in), r1 = _mm256_loadu_ps(in + ldi), r2 = _mm256_loadu_ps(in + 2 * ldi),
+               r3 = _mm256_loadu_ps(in + 3 * ldi), r4 = _mm256_loadu_ps(in + 4 * ldi),
+               r5 = _mm256_loadu_ps(in + 5 * ldi), r6 = _mm256_loadu_ps(in + 6 * ldi),
+               r7 = _mm256_loadu_ps(in + 7 * ldi);
+  const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+  const __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+  const __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+  const __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+  const __m256 s0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 s1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 s2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 s3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 s4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 s5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 s6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 s7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+  _mm256_storeu_ps(out, _mm256_permute2f128_ps(s0, s4, 0x20));
+  _mm256_storeu_ps(out + ldo, _mm256_permute2f128_ps(s1, s5, 0x20));
+  _mm256_storeu_ps(out + 2 * ldo, _mm256_permute2f128_ps(s2, s6, 0x20));
+  _mm256_storeu_ps(out + 3 * ldo, _mm256_permute2f128_ps(s3, s7, 0x20));
+  _mm256_storeu_ps(out + 4 * ldo, _mm256_permute2f128_ps(s0, s4, 0x31));
+  _mm256_storeu_ps(out + 5 * ldo, _mm256_permute2f128_ps(s1, s5, 0x31));
+  _mm256_storeu_ps(out + 6 * ldo, _mm256_permute2f128_ps(s2, s6, 0x31));
+  _mm256_storeu_ps(out + 7 * ldo, _mm256_permute2f128_ps(s3, s7, 0x31));
+}
+#endif
+
+inline void transpose_rows(const float* in, int64_t ldi, int rows, float* out, int64_t ldo, int64_t j0,
+                           int64_t j1) {
+  int64_t j = j0;
+#if defined(__AVX2__)
+  for (; j + 8 <= j1; j += 8) {
+    int k = 0;
+    for (; k + 8 <= rows; k += 8) transpose8x8(in + (int64_t)k * ldi + j, ldi, out + j * ldo + k, ldo);
+    for (; k < rows; ++k)
+      for (int jj = 0; jj < 8; ++jj) out[(j + jj) * ldo + k] = in[(int64_t)k * ldi + j + jj];
+  }
+#endif
+  for (; j < j1; ++j)
+    for (int k = 0; k < rows; ++k) out[j * ldo + k] = in[(int64_t)k * ldi + j];
+}
+
+// This thread's share of `transpose_rows` over output rows [0, cols), in blocks of 8.
+inline void transpose_share(const float* in, int64_t ldi, int rows, float* out, int64_t ldo, int cols);
+
 // Rows per chunk for inference: emb, h and logits of a chunk stay in L2.
 constexpr int64_t kChunk = 256;
 
@@ -675,9 +733,9 @@ double mlp_loss_sum(const Params& P, const Dims& d, const int32_t* X, const int3
 // Workspace of one training step (or one loss_and_grad call), reused across steps.
 // Allocated before any parallel region: inside one, threads only use the pointers.
 struct StepWork {
-  Buf b_emb, b_h, b_logits, b_dlogits, b_dpre, b_demb, b_w1t, b_w2t, b_dC, b_loss, b_X, b_Y;
+  Buf b_emb, b_h, b_logits, b_dlogits, b_dpre, b_demb, b_w1t, b_w2t, b_dC, b_loss, b_X[2], b_Y[2];
   float *emb, *h, *logits, *dlogits, *dpre, *demb, *w1t, *w2t, *dC, *row_loss;
-  int32_t *Xb, *Yb;
+  int32_t *Xb[2], *Yb[2];  // two batches: the next one is drawn while the current one is finished
   void prepare(const Layout& L, int64_t B) {
     emb = b_emb.get((size_t)(B * L.TE));         // (B, TE)
     h = b_h.get((size_t)(B * L.Hp));             // (B, Hp)
@@ -687,10 +745,14 @@ struct StepWork {
     demb = b_demb.get((size_t)(B * L.TEp));      // (B, TEp)
     w1t = b_w1t.get((size_t)L.H * L.TEp);        // W1^T (H, TEp)
     w2t = b_w2t.get((size_t)L.V * L.Hp);         // W2^T (V, Hp)
+    memset(w1t, 0, sizeof(float) * L.H * L.TEp);  // pad columns: zero for good, transposes skip them
+    memset(w2t, 0, sizeof(float) * L.V * L.Hp);
     dC = b_dC.get((size_t)L.V * L.E);
     row_loss = b_loss.get((size_t)B);
-    Xb = (int32_t*)b_X.get((size_t)(B * L.T));   // int32 and float have the same size
-    Yb = (int32_t*)b_Y.get((size_t)B);
+    for (int i = 0; i < 2; ++i) {
+      Xb[i] = (int32_t*)b_X[i].get((size_t)(B * L.T));  // int32 and float have the same size
+      Yb[i] = (int32_t*)b_Y[i].get((size_t)B);
+    }
   }
 };
 
@@ -703,6 +765,12 @@ inline void my_share(int64_t n, int64_t* begin, int64_t* end) {
 #endif
   *begin = n * id / nt;
   *end = n * (id + 1) / nt;
+}
+
+inline void transpose_share(const float* in, int64_t ldi, int rows, float* out, int64_t ldo, int cols) {
+  int64_t b, e;
+  my_share((cols + 7) / 8, &b, &e);
+  transpose_rows(in, ldi, rows, out, ldo, b * 8, min64(e * 8, cols));
 }
 
 // p (n,) += alpha * g over this thread's share, in whole vectors where possible.
@@ -729,19 +797,18 @@ inline void column_sums_share(const float* g, int64_t N, int M, int64_t ld, floa
   }
 }
 
-// Copies the batch (explicit indices or drawn with the RNG) and gathers its embeddings.
-inline void load_batch(const TrainArgs& a, const PadWeights& W, const Layout& L, int64_t step, StepWork& ws) {
+// The contexts X (B, T) and targets Y (B,) of a step: explicit indices, or drawn with the RNG.
+inline void sample_batch(const TrainArgs& a, const Layout& L, int64_t step, int32_t* X, int32_t* Y) {
   const int B = a.batch_size;
   for (int b = 0; b < B; ++b) {
     const int64_t ix = a.batches ? a.batches[step * B + b] : (int64_t)rng_below(a.rng_state, (uint64_t)a.n_examples);
     const int32_t* src = a.X + ix * L.T;
-    for (int t = 0; t < L.T; ++t) ws.Xb[(int64_t)b * L.T + t] = src[t];
-    ws.Yb[b] = a.Y[ix];
+    for (int t = 0; t < L.T; ++t) X[(int64_t)b * L.T + t] = src[t];
+    Y[b] = a.Y[ix];
   }
-  gather(W.C, L.E, ws.Xb, (int64_t)B * L.T, ws.emb);
 }
 
-// Forward and backward of one batch (ws.Xb, ws.Yb, with ws.emb gathered), run by
+// Forward and backward of one batch (Xb, Yb, with ws.emb gathered), run by
 // every thread of the current OpenMP team (or by one thread outside a team); each
 // stage is shared out, so every output element is computed by one thread in a
 // fixed order and results do not depend on the number of threads.
@@ -749,27 +816,23 @@ inline void load_batch(const TrainArgs& a, const PadWeights& W, const Layout& L,
 // W -= lr * grad is applied in place, fused into the weight-gradient products.
 // Returns the mean loss (the same value on every thread); if it is not finite,
 // nothing is updated. The caller must make C final (G: dC) by `finish_step`.
-double step_team(const PadWeights& W, const PadWeights* G, float lr, const Layout& L, int64_t B, StepWork& ws) {
+double step_team(const PadWeights& W, const PadWeights* G, float lr, const Layout& L, int64_t B, const int32_t* Yb,
+                 StepWork& ws) {
   const int TE = L.TE, H = L.H, V = L.V, Hp = L.Hp, Vp = L.Vp, TEp = L.TEp;
   // forward: h = tanh(emb W1 + b1); logits = h W2 + b2
   gemm_team<kBiasTanh>(plan(B, Hp, TE, ws.emb, TE, 1, W.W1, Hp, ws.h, Hp, W.b1, 1.f));
   gemm_team<kBias>(plan(B, Vp, H, ws.h, Hp, 1, W.W2, Vp, ws.logits, Vp, W.b2, 1.f));
 
   // loss and dlogits, one row per task; meanwhile the transposed weights for backward
-  int64_t b0, b1;
-  my_share(V, &b0, &b1);
-  for (int64_t v = b0; v < b1; ++v)  // W2T (V, Hp) = W2 (H, Vp)^T, zero pad
-    for (int j = 0; j < Hp; ++j) ws.w2t[v * Hp + j] = j < H ? W.W2[(int64_t)j * Vp + v] : 0.f;
-  my_share(H, &b0, &b1);
-  for (int64_t j = b0; j < b1; ++j)  // W1T (H, TEp) = W1 (TE, Hp)^T, zero pad
-    for (int k = 0; k < TEp; ++k) ws.w1t[j * TEp + k] = k < TE ? W.W1[(int64_t)k * Hp + j] : 0.f;
+  transpose_share(W.W2, Vp, H, ws.w2t, Hp, V);   // W2T (V, Hp) = W2 (H, Vp)^T
+  transpose_share(W.W1, Hp, TE, ws.w1t, TEp, H);  // W1T (H, TEp) = W1 (TE, Hp)^T
   const float scale = 1.0f / (float)B;
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
   for (int64_t i = 0; i < B; ++i) {
     float* d = ws.dlogits + i * Vp;
-    ws.row_loss[i] = xent_row(ws.logits + i * Vp, ws.Yb[i], V, d, scale);
+    ws.row_loss[i] = xent_row(ws.logits + i * Vp, Yb[i], V, d, scale);
     for (int v = V; v < Vp; ++v) d[v] = 0.f;  // the pad columns take part in products below
   }
   double loss = 0.0;  // every thread sums the same numbers in the same order
@@ -805,12 +868,35 @@ double step_team(const PadWeights& W, const PadWeights* G, float lr, const Layou
 
 // The embedding table's part of the backward pass, on one thread: dC = scatter(demb),
 // accumulated in full first as autograd does, then C -= lr * dC (or G->C = dC).
-inline void finish_step(const PadWeights& W, const PadWeights* G, float lr, const Layout& L, int64_t B, StepWork& ws) {
+inline void finish_step(const PadWeights& W, const PadWeights* G, float lr, const Layout& L, int64_t B,
+                        const int32_t* Xb, StepWork& ws) {
   float* dC = G ? G->C : ws.dC;
   memset(dC, 0, sizeof(float) * L.V * L.E);
-  scatter_add(ws.demb, L.TEp, ws.Xb, B, L.T, L.E, dC);
+  scatter_add(ws.demb, L.TEp, Xb, B, L.T, L.E, dC);
   if (!G) axpy(W.C, dC, (int64_t)L.V * L.E, -lr);
 }
+
+// The same for a team: each thread owns a range of vocabulary rows, scans the whole
+// batch in order and adds only into its rows, so each row still sums in example order.
+inline void finish_step_share(const PadWeights& W, float lr, const Layout& L, int64_t B, const int32_t* Xb,
+                              StepWork& ws) {
+  int64_t v0, v1;
+  my_share(L.V, &v0, &v1);
+  if (v1 <= v0) return;
+  memset(ws.dC + v0 * L.E, 0, sizeof(float) * (v1 - v0) * L.E);
+  for (int64_t n = 0; n < B; ++n)
+    for (int t = 0; t < L.T; ++t) {
+      const int64_t v = Xb[n * L.T + t];
+      if (v < v0 || v >= v1) continue;
+      float* dst = ws.dC + v * L.E;
+      const float* src = ws.demb + n * L.TEp + (int64_t)t * L.E;
+      for (int e = 0; e < L.E; ++e) dst[e] += src[e];
+    }
+  axpy(W.C + v0 * L.E, ws.dC + v0 * L.E, (v1 - v0) * L.E, -lr);
+}
+
+// Batches with at least this many embedding floats finish the step on the whole team.
+constexpr int64_t kWideBatch = 1 << 14;
 
 // Use a team of threads for a step of this many multiply-adds. Measured on 2 cores
 // (benchmarks/bench_train.py --threads): the lecture's 1.1M already gains.
@@ -828,21 +914,19 @@ double mlp_loss_and_grad(const Params& P, const Dims& d, const int32_t* X, const
   PaddedCopy G(L);
   StepWork ws;
   ws.prepare(L, N);
-  memcpy(ws.Xb, X, sizeof(int32_t) * N * L.T);
-  memcpy(ws.Yb, Y, sizeof(int32_t) * N);
-  gather(M.w.C, L.E, ws.Xb, N * L.T, ws.emb);
+  gather(M.w.C, L.E, X, N * L.T, ws.emb);
   double loss = 0.0;
 #ifdef _OPENMP
 #pragma omp parallel if (use_team(L, N))
 #endif
   {
-    const double l = step_team(M.w, &G.w, 0.f, L, N, ws);
+    const double l = step_team(M.w, &G.w, 0.f, L, N, Y, ws);
 #ifdef _OPENMP
 #pragma omp single
 #endif
     {
       loss = l;
-      if (__builtin_isfinite(l)) finish_step(M.w, &G.w, 0.f, L, N, ws);
+      if (__builtin_isfinite(l)) finish_step(M.w, &G.w, 0.f, L, N, X, ws);
     }
   }
   G.copy_out(L, grads);
@@ -853,15 +937,21 @@ int64_t train_steps(const MutParams& P, const Dims& d, const TrainArgs& a) {
   const Layout L = layout_of(d);
   PaddedCopy M(Params{P.C, P.W1, P.b1, P.W2, P.b2}, L);  // C is updated in place
   StepWork ws;
-  ws.prepare(L, a.batch_size);
+  const int64_t B = a.batch_size;
+  ws.prepare(L, B);
+  const bool wide = B * L.T * L.E >= kWideBatch;
   int64_t done = 0;
-  if (a.steps > 0) load_batch(a, M.w, L, 0, ws);
+  if (a.steps > 0) {
+    sample_batch(a, L, 0, ws.Xb[0], ws.Yb[0]);
+    gather(M.w.C, L.E, ws.Xb[0], B * L.T, ws.emb);
+  }
 #ifdef _OPENMP
-#pragma omp parallel if (use_team(L, a.batch_size))
+#pragma omp parallel if (use_team(L, B))
 #endif
   for (int64_t s = 0; s < a.steps; ++s) {
     const float lr = a.lrs[s];
-    const double loss = step_team(M.w, nullptr, lr, L, a.batch_size, ws);
+    const int cur = (int)(s & 1), nxt = cur ^ 1;
+    const double loss = step_team(M.w, nullptr, lr, L, B, ws.Yb[cur], ws);
     if (!__builtin_isfinite(loss)) {  // every thread sees the same loss: all leave together
 #ifdef _OPENMP
 #pragma omp single
@@ -872,16 +962,41 @@ int64_t train_steps(const MutParams& P, const Dims& d, const TrainArgs& a) {
       }
       break;
     }
-    // one thread: the embedding update, then the next batch (reads the updated C);
-    // the single's barrier keeps the others from starting the next step before it
+    const bool more = s + 1 < a.steps;
+    if (wide) {
+      // the embedding update on the whole team while one thread draws the next batch
+      finish_step_share(M.w, lr, L, B, ws.Xb[cur], ws);
 #ifdef _OPENMP
 #pragma omp single
 #endif
-    {
-      a.losses[s] = (float)loss;
-      finish_step(M.w, nullptr, lr, L, a.batch_size, ws);
-      if (s + 1 < a.steps) load_batch(a, M.w, L, s + 1, ws);
-      done = s + 1;
+      {
+        a.losses[s] = (float)loss;
+        done = s + 1;
+        if (more) sample_batch(a, L, s + 1, ws.Xb[nxt], ws.Yb[nxt]);
+      }
+      if (more) {  // gather the next batch from the updated C
+        int64_t r0, r1;
+        my_share(B * L.T, &r0, &r1);
+        gather(M.w.C, L.E, ws.Xb[nxt] + r0, r1 - r0, ws.emb + r0 * L.E);
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+      }
+    } else {
+      // one thread: the embedding update, then the next batch (reads the updated C);
+      // the single's barrier keeps the others from starting the next step before it
+#ifdef _OPENMP
+#pragma omp single
+#endif
+      {
+        a.losses[s] = (float)loss;
+        finish_step(M.w, nullptr, lr, L, B, ws.Xb[cur], ws);
+        if (more) {
+          sample_batch(a, L, s + 1, ws.Xb[nxt], ws.Yb[nxt]);
+          gather(M.w.C, L.E, ws.Xb[nxt], B * L.T, ws.emb);
+        }
+        done = s + 1;
+      }
     }
   }
   M.copy_out(L, P);

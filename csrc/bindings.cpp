@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -444,6 +445,33 @@ py::array_t<int32_t> sample(py::handle C, py::handle W1, py::handle b1, py::hand
   return out;
 }
 
+// Measured FMA throughput of the active kernel build on `threads` threads, in GFLOP/s.
+double fma_peak_gflops(int threads, double seconds) {
+  if (threads < 1) throw py::value_error("threads must be >= 1");
+  const KernelTable& k = kernels();
+  const int64_t flops_per_iter = 12 * (int64_t)k.vector_width * 2;
+  int64_t iters = 1 << 16;
+  float sink = 0.f;
+  py::gil_scoped_release nogil;
+  for (;;) {
+    const auto t0 = std::chrono::steady_clock::now();
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads)
+#endif
+    {
+      float s;
+      k.fma_loop(iters, &s);
+#ifdef _OPENMP
+#pragma omp atomic
+#endif
+      sink += s;
+    }
+    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (dt >= seconds) return (double)flops_per_iter * iters * threads / dt / 1e9 + 0.0 * sink;
+    iters *= 2;
+  }
+}
+
 py::array_t<uint64_t> rng_state(uint64_t seed) {
   auto s = empty<uint64_t>({4});
   rng_seed(s.mutable_data(), seed);
@@ -541,5 +569,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("sample", &sample, py::arg("C"), py::arg("W1"), py::arg("b1"), py::arg("W2"), py::arg("b2"), py::arg("n"),
         py::arg("max_len"), py::arg("seed"), py::arg("temperature") = 1.0, py::arg("top_k") = 0,
         "n words as int32 (n, max_len) character indices, each ended by 0 ('.') unless max_len was reached.");
+  m.def("fma_peak_gflops", &fma_peak_gflops, py::arg("threads") = 1, py::arg("seconds") = 0.2,
+        "Measured FMA peak of the active kernel build on this many threads (GFLOP/s), for benchmarks.");
   m.def("rng_state", &rng_state, py::arg("seed"), "A fresh xoshiro256** state (4,) uint64 for train_steps.");
 }

@@ -1084,6 +1084,18 @@ void sample(const Params& P, const Dims& d, const SampleArgs& a) {
   }
 }
 
+void fma_loop(int64_t iters, float* sink) {
+  vf a[12];
+  for (int i = 0; i < 12; ++i) a[i] = splat(1e-3f * (float)i);
+  const vf m = splat(1.0000001f), b = splat(0.9999999f);
+  for (int64_t it = 0; it < iters; ++it) {
+    for (int i = 0; i < 12; ++i) a[i] = a[i] * m + b;  // without -ffast-math nothing folds this
+  }
+  vf t = {};
+  for (int i = 0; i < 12; ++i) t += a[i];
+  *sink = hsum(t);
+}
+
 }  // namespace
 
 extern const KernelTable FASTMLP_CAT(kernels_, FASTMLP_ISA) = {
@@ -1100,6 +1112,7 @@ extern const KernelTable FASTMLP_CAT(kernels_, FASTMLP_ISA) = {
     mlp_loss_and_grad,
     train_steps,
     sample,
+    fma_loop,
 };
 
 }  // namespace fastmlp

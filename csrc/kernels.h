@@ -96,6 +96,10 @@ struct KernelTable {
   // before the failing step's update).
   int64_t (*train_steps)(const MutParams& P, const Dims& d, const TrainArgs& args);
   void (*sample)(const Params& P, const Dims& d, const SampleArgs& args);
+
+  // 12 independent chains of `iters` vector FMAs each (12 * vector_width * 2 * iters
+  // flops): the machine's FMA peak for the benchmark's "achieved vs peak".
+  void (*fma_loop)(int64_t iters, float* sink);
 };
 
 // Defined in kernels.cpp, one per ISA build that CMake compiled.

@@ -39,3 +39,8 @@ def test_select_isa():
             _core.set_isa("sse9")
     finally:
         _core.set_isa(before)
+
+
+def test_fma_peak_is_measured():
+    one = fastmlp._core.fma_peak_gflops(1, 0.05)
+    assert one > 1.0

@@ -197,3 +197,23 @@ def test_training_is_deterministic_and_thread_independent(small_names, threads):
         np.testing.assert_array_equal(losses, results[0][0])
         for k in PARAM_NAMES:
             np.testing.assert_array_equal(P[k], results[0][1][k])
+
+
+def test_wide_batches_team_path_is_thread_independent_and_matches_torch(threads):
+    # batch * block_size * n_embd >= 16384 takes the team-wide embedding update path
+    rng = np.random.default_rng(4)
+    V, T, E, H, B = 27, 8, 24, 64, 256
+    words_X = rng.integers(0, V, (3000, T)).astype(np.int32)
+    words_Y = rng.integers(0, V, 3000).astype(np.int32)
+    m = MLP(V, T, E, H, seed=2, init="scaled")
+    batches = rng.integers(0, 3000, (60, B))
+    results = []
+    for n in (1, 2):
+        fastmlp.set_num_threads(n)
+        results.append(run_fastmlp(m.params, words_X, words_Y, batches, 0.1))
+    for k in PARAM_NAMES:
+        np.testing.assert_array_equal(results[0][1][k], results[1][1][k])
+    tl, tp = ref.sgd_trajectory(m.params, words_X, words_Y, batches, 0.1)
+    np.testing.assert_allclose(results[1][0], tl, rtol=0, atol=1e-5)  # as in the 1,000-step test
+    for k in PARAM_NAMES:
+        normwise_close(results[1][1][k], tp[k], 1e-5, k)

@@ -71,6 +71,22 @@ def test_learning_rate_schedules():
     assert np.all(learning_rates(TrainConfig(lr_schedule="constant"), 0, 10) == np.float32(0.1))
 
 
+def test_thread_chooser_follows_measurements():
+    from fastmlp.train import ThreadChooser
+
+    c = ThreadChooser(2, probe_every=5)
+    assert c.pick() == 2
+    c.record(2, 30e-6)
+    assert c.pick() == 1  # each option is measured once
+    c.record(1, 20e-6)
+    picks = [c.pick() for _ in range(10)]
+    assert picks.count(1) >= 8 and 2 in picks  # the faster one, with a periodic re-probe of the other
+    for _ in range(4):
+        c.record(2, 5e-6)  # the team got faster (a neighbour left)
+    assert c.best == 2
+    assert ThreadChooser(2, fixed=True).options == [2] and ThreadChooser(1).options == [1]
+
+
 # -- training from Python -----------------------------------------------------------
 def small_cfg(tmp_path, words_file, **kw):
     base = dict(input_file=str(words_file), work_dir=str(tmp_path / "run"), n_hidden=64, max_steps=3000,

@@ -80,10 +80,53 @@ inline void store_part(float* p, vf v, int n) {
     memcpy(p, &v, (size_t)n * sizeof(float));
 }
 inline vf select(vi mask, vf a, vf b) { return (vf)(((vi)a & mask) | ((vi)b & ~mask)); }
+inline vf vmax(vf a, vf b) { return select(a > b, a, b); }  // NaN in a is skipped
+
+// Horizontal sum and max: a tree of shuffles where the compiler has
+// __builtin_shufflevector (GCC >= 12, Clang), lane by lane elsewhere.
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
+#if defined(__AVX512F__)
+#define FASTMLP_FOLD(v, OP)                                                                      \
+  v = OP(v, __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7)); \
+  v = OP(v, __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11)); \
+  v = OP(v, __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13)); \
+  v = OP(v, __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14));
+#elif defined(__AVX2__)
+#define FASTMLP_FOLD(v, OP)                                                 \
+  v = OP(v, __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3));        \
+  v = OP(v, __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5));        \
+  v = OP(v, __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6));
+#else
+#define FASTMLP_FOLD(v, OP)                                 \
+  v = OP(v, __builtin_shufflevector(v, v, 2, 3, 0, 1));    \
+  v = OP(v, __builtin_shufflevector(v, v, 1, 0, 3, 2));
+#endif
+inline vf vadd(vf a, vf b) { return a + b; }
+inline float hsum(vf v) {
+  FASTMLP_FOLD(v, vadd)
+  return v[0];
+}
+inline float hmax(vf v) {
+  FASTMLP_FOLD(v, vmax)
+  return v[0];
+}
+#undef FASTMLP_FOLD
+#else
 inline float hsum(vf v) {
   float s = 0.f;
   for (int i = 0; i < VW; ++i) s += v[i];
   return s;
+}
+inline float hmax(vf v) {
+  float m = v[0];
+  for (int i = 1; i < VW; ++i) m = v[i] > m ? v[i] : m;
+  return m;
+}
+#endif
+inline vi lane_index() {
+  vi l;
+  for (int i = 0; i < VW; ++i) l[i] = i;
+  return l;
 }
 inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 inline int round_up(int n, int m) { return (n + m - 1) / m * m; }
@@ -468,11 +511,7 @@ inline float xent_row(const float* z, int32_t y, int V, float* d, float scale) {
   for (int v = 1; v < V; ++v) m = z[v] > m ? z[v] : m;
   const vf mv = splat(m);
   vf sumv = {};
-  const vi lane = []() {
-    vi l;
-    for (int i = 0; i < VW; ++i) l[i] = i;
-    return l;
-  }();
+  const vi lane = lane_index();
   for (int v = 0; v < V; v += VW) {
     const int n = V - v < VW ? V - v : VW;
     vf e = exp_v(load_part(z + v, n) - mv);
@@ -489,6 +528,31 @@ inline float xent_row(const float* z, int32_t y, int V, float* d, float scale) {
       const int n = V - v < VW ? V - v : VW;
       store_part(d + v, load_part(d + v, n) * k, n);
     }
+    d[y] -= scale;
+  }
+  return loss;
+}
+
+// The same for a row padded to whole vectors: z and d hold round_up(V, VW) floats;
+// the pad lanes of z are ignored and those of d set to 0. No partial loads.
+inline float xent_row_padded(const float* z, int32_t y, int V, float* d, float scale) {
+  const vi lane = lane_index();
+  const vf neg_inf = splat(-INFINITY);
+  vf mv = neg_inf;
+  for (int v = 0; v < V; v += VW) mv = vmax(select(lane < V - v, loadu(z + v), neg_inf), mv);
+  const float m = hmax(mv);
+  const vf msplat = splat(m);
+  vf sumv = {};
+  for (int v = 0; v < V; v += VW) {
+    const vf e = select(lane < V - v, exp_v(loadu(z + v) - msplat), vf{});
+    sumv += e;
+    if (d) storeu(d + v, e);
+  }
+  const float sum = hsum(sumv);
+  const float loss = logf(sum) - (z[y] - m);
+  if (d) {
+    const vf k = splat(scale / sum);
+    for (int v = 0; v < V; v += VW) storeu(d + v, loadu(d + v) * k);
     d[y] -= scale;
   }
   return loss;
@@ -720,7 +784,7 @@ double mlp_loss_sum(const Params& P, const Dims& d, const int32_t* X, const int3
       const int64_t i0 = c * kChunk, n = min64(kChunk, N - i0);
       const float* logits = forward_rows(M.w, L, X + i0 * L.T, n, ws);
       double s = 0.0;
-      for (int64_t i = 0; i < n; ++i) s += xent_row(logits + i * L.Vp, Y[i0 + i], L.V, nullptr, 0.f);
+      for (int64_t i = 0; i < n; ++i) s += xent_row_padded(logits + i * L.Vp, Y[i0 + i], L.V, nullptr, 0.f);
       partial[c] = s;  // per fixed chunk, summed in order below: independent of the thread count
     }
   }
@@ -733,9 +797,10 @@ double mlp_loss_sum(const Params& P, const Dims& d, const int32_t* X, const int3
 // Workspace of one training step (or one loss_and_grad call), reused across steps.
 // Allocated before any parallel region: inside one, threads only use the pointers.
 struct StepWork {
-  Buf b_emb, b_h, b_logits, b_dlogits, b_dpre, b_demb, b_w1t, b_w2t, b_dC, b_loss, b_X[2], b_Y[2];
+  Buf b_emb, b_h, b_logits, b_dlogits, b_dpre, b_demb, b_w1t, b_w2t, b_dC, b_loss, b_X[2], b_Y[2], b_ix;
   float *emb, *h, *logits, *dlogits, *dpre, *demb, *w1t, *w2t, *dC, *row_loss;
   int32_t *Xb[2], *Yb[2];  // two batches: the next one is drawn while the current one is finished
+  int64_t* ix;              // the example indices of a batch
   void prepare(const Layout& L, int64_t B) {
     emb = b_emb.get((size_t)(B * L.TE));         // (B, TE)
     h = b_h.get((size_t)(B * L.Hp));             // (B, Hp)
@@ -749,6 +814,7 @@ struct StepWork {
     memset(w2t, 0, sizeof(float) * L.V * L.Hp);
     dC = b_dC.get((size_t)L.V * L.E);
     row_loss = b_loss.get((size_t)B);
+    ix = (int64_t*)b_ix.get((size_t)(2 * B));  // int64 = two floats
     for (int i = 0; i < 2; ++i) {
       Xb[i] = (int32_t*)b_X[i].get((size_t)(B * L.T));  // int32 and float have the same size
       Yb[i] = (int32_t*)b_Y[i].get((size_t)B);
@@ -798,13 +864,18 @@ inline void column_sums_share(const float* g, int64_t N, int M, int64_t ld, floa
 }
 
 // The contexts X (B, T) and targets Y (B,) of a step: explicit indices, or drawn with the RNG.
-inline void sample_batch(const TrainArgs& a, const Layout& L, int64_t step, int32_t* X, int32_t* Y) {
+// Indices are drawn first and their rows prefetched, so the (cache-missing) loads overlap.
+inline void sample_batch(const TrainArgs& a, const Layout& L, int64_t step, int32_t* X, int32_t* Y, int64_t* ix) {
   const int B = a.batch_size;
   for (int b = 0; b < B; ++b) {
-    const int64_t ix = a.batches ? a.batches[step * B + b] : (int64_t)rng_below(a.rng_state, (uint64_t)a.n_examples);
-    const int32_t* src = a.X + ix * L.T;
+    ix[b] = a.batches ? a.batches[step * B + b] : (int64_t)rng_below(a.rng_state, (uint64_t)a.n_examples);
+    __builtin_prefetch(a.X + ix[b] * L.T);
+    __builtin_prefetch(a.Y + ix[b]);
+  }
+  for (int b = 0; b < B; ++b) {
+    const int32_t* src = a.X + ix[b] * L.T;
     for (int t = 0; t < L.T; ++t) X[(int64_t)b * L.T + t] = src[t];
-    Y[b] = a.Y[ix];
+    Y[b] = a.Y[ix[b]];
   }
 }
 
@@ -832,8 +903,7 @@ double step_team(const PadWeights& W, const PadWeights* G, float lr, const Layou
 #endif
   for (int64_t i = 0; i < B; ++i) {
     float* d = ws.dlogits + i * Vp;
-    ws.row_loss[i] = xent_row(ws.logits + i * Vp, Yb[i], V, d, scale);
-    for (int v = V; v < Vp; ++v) d[v] = 0.f;  // the pad columns take part in products below
+    ws.row_loss[i] = xent_row_padded(ws.logits + i * Vp, Yb[i], V, d, scale);  // pads of d: 0
   }
   double loss = 0.0;  // every thread sums the same numbers in the same order
   for (int64_t i = 0; i < B; ++i) loss += ws.row_loss[i];
@@ -942,7 +1012,7 @@ int64_t train_steps(const MutParams& P, const Dims& d, const TrainArgs& a) {
   const bool wide = B * L.T * L.E >= kWideBatch;
   int64_t done = 0;
   if (a.steps > 0) {
-    sample_batch(a, L, 0, ws.Xb[0], ws.Yb[0]);
+    sample_batch(a, L, 0, ws.Xb[0], ws.Yb[0], ws.ix);
     gather(M.w.C, L.E, ws.Xb[0], B * L.T, ws.emb);
   }
 #ifdef _OPENMP
@@ -972,7 +1042,7 @@ int64_t train_steps(const MutParams& P, const Dims& d, const TrainArgs& a) {
       {
         a.losses[s] = (float)loss;
         done = s + 1;
-        if (more) sample_batch(a, L, s + 1, ws.Xb[nxt], ws.Yb[nxt]);
+        if (more) sample_batch(a, L, s + 1, ws.Xb[nxt], ws.Yb[nxt], ws.ix);
       }
       if (more) {  // gather the next batch from the updated C
         int64_t r0, r1;
@@ -992,7 +1062,7 @@ int64_t train_steps(const MutParams& P, const Dims& d, const TrainArgs& a) {
         a.losses[s] = (float)loss;
         finish_step(M.w, nullptr, lr, L, B, ws.Xb[cur], ws);
         if (more) {
-          sample_batch(a, L, s + 1, ws.Xb[nxt], ws.Yb[nxt]);
+          sample_batch(a, L, s + 1, ws.Xb[nxt], ws.Yb[nxt], ws.ix);
           gather(M.w.C, L.E, ws.Xb[nxt], B * L.T, ws.emb);
         }
         done = s + 1;

@@ -53,15 +53,19 @@ LECTURE = Config("lecture", 3, 10, 200, 32)
 LARGE = Config("large", 8, 24, 512, 256)
 
 
-def median_time(run_block, steps: int, repeats: int) -> float:
-    """Median seconds per step over `repeats` timed blocks of `steps` steps (after one warm-up)."""
-    run_block(max(steps // 10, 1))
-    times = []
+def interleaved(runners: dict, repeats: int) -> dict:
+    """Median seconds per step of each runner (name -> (run_block, steps)). The runners take
+    turns, block by block, so a noisy neighbour on these shared cores hits them all alike."""
+    for run_block, steps in runners.values():
+        run_block(max(steps // 10, 1))  # warm-up
+    times = {name: [] for name in runners}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        run_block(steps)
-        times.append((time.perf_counter() - t0) / steps)
-    return statistics.median(times)
+        for name, (run_block, steps) in runners.items():
+            time.sleep(0.05)  # let the previous runner's thread pool stop spinning on the cores
+            t0 = time.perf_counter()
+            run_block(steps)
+            times[name].append((time.perf_counter() - t0) / steps)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def cpu_name() -> str:
@@ -74,28 +78,19 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def rss_mb() -> float:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except OSError:
-        return float("nan")
-
-
 # ---------------------------------------------------------------------------
 # implementations
 # ---------------------------------------------------------------------------
-def bench_fastmlp(cfg: Config, X, Y, V, steps, repeats, threads):
-    fastmlp.set_num_threads(threads)
+def bench_fastmlp(cfg: Config, X, Y, V, threads):
     m = MLP(V, cfg.block_size, cfg.n_embd, cfg.n_hidden, init="scaled")
     P = [m.params[k] for k in PARAM_NAMES]
     state = _core.rng_state(0)
-    lrs = np.full(steps, 0.01, np.float32)
 
     def run(n):
-        _core.train_steps(*P, X, Y, cfg.batch_size, lrs[:n], state)
+        fastmlp.set_num_threads(threads)
+        _core.train_steps(*P, X, Y, cfg.batch_size, np.full(n, 0.01, np.float32), state)
 
-    return median_time(run, steps, repeats)
+    return run
 
 
 def torch_setup(cfg: Config, X, Y, V):
@@ -110,12 +105,11 @@ def torch_setup(cfg: Config, X, Y, V):
     return P, torch.tensor(X, dtype=torch.long), torch.tensor(Y, dtype=torch.long)
 
 
-def bench_torch(cfg: Config, X, Y, V, steps, repeats, threads, compiled=False):
+def bench_torch(cfg: Config, X, Y, V, threads, compiled=False):
     """The lecture's training loop, as a user writes it."""
     import torch
     import torch.nn.functional as F
 
-    torch.set_num_threads(threads)
     P, Xt, Yt = torch_setup(cfg, X, Y, V)
     C, W1, b1, W2, b2 = P
     N = len(Yt)
@@ -130,6 +124,7 @@ def bench_torch(cfg: Config, X, Y, V, steps, repeats, threads, compiled=False):
         loss_fn = torch.compile(loss_fn)
 
     def run(n):
+        torch.set_num_threads(threads)
         for _ in range(n):
             ix = torch.randint(0, N, (cfg.batch_size,))
             loss = loss_fn(Xt[ix], Yt[ix])
@@ -139,7 +134,7 @@ def bench_torch(cfg: Config, X, Y, V, steps, repeats, threads, compiled=False):
             for p in P:
                 p.data += -0.01 * p.grad
 
-    return median_time(run, steps, repeats)
+    return run
 
 
 def jax_setup(cfg: Config, X, Y, V):
@@ -163,7 +158,7 @@ def jax_setup(cfg: Config, X, Y, V):
     return jax, jnp, params, loss_fn, jnp.asarray(X), jnp.asarray(Y)
 
 
-def bench_jax_step(cfg, X, Y, V, steps, repeats):
+def bench_jax_step(cfg, X, Y, V):
     """jit of one step; the Python loop draws the batch indices each step."""
     jax, jnp, params, loss_fn, Xj, Yj = jax_setup(cfg, X, Y, V)
 
@@ -183,10 +178,10 @@ def bench_jax_step(cfg, X, Y, V, steps, repeats):
         jax.block_until_ready(p)
         state[0] = p
 
-    return median_time(run, steps, repeats)
+    return run
 
 
-def bench_jax_loop(cfg, X, Y, V, steps, repeats):
+def bench_jax_loop(cfg, X, Y, V, steps):
     """The whole K-step loop in one jit (lax.fori_loop, jax.random inside)."""
     jax, jnp, params, loss_fn, Xj, Yj = jax_setup(cfg, X, Y, V)
     N = len(Y)
@@ -216,7 +211,7 @@ def bench_jax_loop(cfg, X, Y, V, steps, repeats):
         jax.block_until_ready(state[0])
 
     run(steps)  # compile the timed size first
-    return median_time(run, steps, repeats)
+    return run
 
 
 # ---------------------------------------------------------------------------
@@ -272,30 +267,30 @@ def main(argv=None) -> int:
         if args.quick:
             fast_steps, slow_steps = fast_steps // 4, slow_steps // 4
 
-        def add(impl, threads, seconds):
+        runners = {}  # (impl, threads) -> (run_block, steps)
+        for t in sorted({default_threads, 1}):
+            runners[("fastmlp", t)] = (bench_fastmlp(cfg, X, Y, V, t), fast_steps)
+        if "torch" in have:
+            for t in sorted({torch_default_threads, 1}, reverse=True):
+                runners[("pytorch eager", t)] = (bench_torch(cfg, X, Y, V, t), slow_steps)
+            if not (args.quick or args.no_compile):
+                runners[("torch.compile", torch_default_threads)] = (
+                    bench_torch(cfg, X, Y, V, torch_default_threads, compiled=True), slow_steps)
+        if "jax" in have:
+            runners[("jax jit per step", cores)] = (bench_jax_step(cfg, X, Y, V), slow_steps)
+            runners[("jax jit whole loop", cores)] = (bench_jax_loop(cfg, X, Y, V, fast_steps // 4), fast_steps // 4)
+        for (impl, threads), seconds in interleaved(runners, repeats).items():
             rows.append({"config": cname, "impl": impl, "threads": threads, "us": seconds * 1e6,
                          "gflops": cfg.flops(V) / seconds / 1e9})
             print(f"  {cname:8s} {impl:28s} threads={threads}: {seconds * 1e6:9.1f} us/step", flush=True)
-
-        for t in sorted({default_threads, 1}):
-            add("fastmlp", t, bench_fastmlp(cfg, X, Y, V, fast_steps, repeats, t))
         fastmlp.set_num_threads(default_threads)
         if "torch" in have:
-            for t in sorted({torch_default_threads, 1}, reverse=True):
-                add("pytorch eager", t, bench_torch(cfg, X, Y, V, slow_steps, repeats, t))
-            if not (args.quick or args.no_compile):
-                add("torch.compile", torch_default_threads,
-                    bench_torch(cfg, X, Y, V, slow_steps, repeats, torch_default_threads, compiled=True))
             torch.set_num_threads(torch_default_threads)
-        if "jax" in have:
-            add("jax jit per step", cores, bench_jax_step(cfg, X, Y, V, slow_steps, repeats))
-            add("jax jit whole loop", cores, bench_jax_loop(cfg, X, Y, V, fast_steps // 4, repeats))
 
     # whole-split evaluation, large config, the training split (182,625 examples)
     X, Y = data[8]
-    evals = {}
     m = MLP(V, LARGE.block_size, LARGE.n_embd, LARGE.n_hidden, init="scaled")
-    evals["fastmlp"] = median_time(lambda n: [m.loss(X, Y) for _ in range(n)], 1, repeats)
+    eval_runners = {"fastmlp": (lambda n: [m.loss(X, Y) for _ in range(n)], 1)}
     if "torch" in have:
         import torch
         import torch.nn.functional as F
@@ -310,7 +305,8 @@ def main(argv=None) -> int:
                     h = torch.tanh(emb.view(-1, Pt[1].shape[0]) @ Pt[1] + Pt[2])
                     F.cross_entropy(h @ Pt[3] + Pt[4], Yt).item()
 
-        evals["pytorch"] = median_time(torch_eval, 1, repeats)
+        eval_runners["pytorch"] = (torch_eval, 1)
+    evals = interleaved(eval_runners, repeats)
     print(f"  eval (large, {len(Y):,} examples): " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in evals.items()))
 
     # the lecture's recipe, and the fastest recipe to dev <= 2.17
@@ -322,7 +318,7 @@ def main(argv=None) -> int:
 
     memory = None
     if not args.quick:
-        memory = memory_run(LECTURE, data[3], V)
+        memory = memory_run()
         print(f"  1,000,000 steps: RSS {memory['rss_mb_after_100k']:.1f} MB after 100k, "
               f"{memory['rss_mb_after_1m']:.1f} MB after 1M; peak {memory['peak_rss_mb']:.1f} MB")
 
@@ -355,22 +351,35 @@ def time_to_target(ds, work_dir: Path, target: float = 2.17) -> dict:
             "seconds_to_target": round(hit * per_step, 3) if hit else None}
 
 
-def memory_run(cfg: Config, data, V) -> dict:
-    X, Y = data
-    m = MLP(V, cfg.block_size, cfg.n_embd, cfg.n_hidden, init="scaled")
-    P = [m.params[k] for k in PARAM_NAMES]
-    state = _core.rng_state(0)
-    lrs = np.full(10_000, 0.01, np.float32)
-    import resource
+MEMORY_SCRIPT = """
+import json, numpy as np
+from fastmlp import MLP, _core
+from fastmlp.data import load_dataset
+from fastmlp.model import PARAM_NAMES
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+X, Y = load_dataset(block_size=3).train
+m = MLP(27, 3, 10, 200, init="scaled")
+P = [m.params[k] for k in PARAM_NAMES]
+state = _core.rng_state(0)
+out = {"rss_mb_start": rss()}
+for i in range(100):
+    _core.train_steps(*P, X, Y, 32, np.full(10_000, 0.01, np.float32), state)
+    if i == 9:
+        out["rss_mb_after_100k"] = rss()
+out["rss_mb_after_1m"] = rss()
+out["peak_rss_mb"] = [int(l.split()[1]) / 1024 for l in open("/proc/self/status") if l.startswith("VmHWM")][0]
+print(json.dumps(out))
+"""
 
-    rss = {}
-    for i in range(100):
-        _core.train_steps(*P, X, Y, cfg.batch_size, lrs, state)
-        if i == 9:
-            rss["rss_mb_after_100k"] = rss_mb()
-    rss["rss_mb_after_1m"] = rss_mb()
-    rss["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return rss
+
+def memory_run() -> dict:
+    """1,000,000 lecture steps in a fresh process that imports only fastmlp."""
+    import subprocess
+
+    r = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT], capture_output=True, text=True, check=True)
+    return json.loads(r.stdout)
 
 
 def render(r: dict) -> str:
@@ -408,8 +417,9 @@ def render(r: dict) -> str:
                  f"Dev loss ≤ 2.17 not reached with {f['recipe']} (final {f['final_dev']:.4f}).")
     if r["memory"]:
         mem = r["memory"]
-        lines.append(f"Memory over 1,000,000 lecture steps: RSS {mem['rss_mb_after_100k']:.1f} MB after 100k steps, "
-                     f"{mem['rss_mb_after_1m']:.1f} MB after 1M (peak {mem['peak_rss_mb']:.1f} MB).")
+        lines.append(f"Memory over 1,000,000 lecture steps (a process with only fastmlp and the data): RSS "
+                     f"{mem['rss_mb_after_100k']:.1f} MB after 100k steps, {mem['rss_mb_after_1m']:.1f} MB after 1M "
+                     f"(peak {mem['peak_rss_mb']:.1f} MB); growth {mem['rss_mb_after_1m'] - mem['rss_mb_after_100k']:+.1f} MB.")
     return "\n".join(lines) + "\n"
 
 

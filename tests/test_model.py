@@ -217,3 +217,33 @@ def test_wide_batches_team_path_is_thread_independent_and_matches_torch(threads)
     np.testing.assert_allclose(results[1][0], tl, rtol=0, atol=1e-5)  # as in the 1,000-step test
     for k in PARAM_NAMES:
         normwise_close(results[1][1][k], tp[k], 1e-5, k)
+
+
+def test_two_models_in_two_python_threads(small_names):
+    # the GIL is released in the C++ loop: two trainings at once must give what they
+    # give one after the other (every buffer is per call; nothing global is written)
+    import threading
+
+    X, Y = small_names.train
+    models = [MLP(small_names.vocab.size, 3, 10, 200, seed=s, init="scaled") for s in (1, 2)]
+    start = [{k: v.copy() for k, v in m.params.items()} for m in models]
+
+    def run(P, seed, out):
+        out.append(_core.train_steps(*(P[k] for k in PARAM_NAMES), X, Y, 32, np.full(3000, 0.1, np.float32),
+                                     _core.rng_state(seed)))
+
+    sequential = []
+    seq_params = [{k: v.copy() for k, v in p.items()} for p in start]
+    for i, P in enumerate(seq_params):
+        run(P, i, sequential)
+    conc_params = [{k: v.copy() for k, v in p.items()} for p in start]
+    outs = [[], []]
+    threads = [threading.Thread(target=run, args=(conc_params[i], i, outs[i])) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(2):
+        np.testing.assert_array_equal(outs[i][0], sequential[i])
+        for k in PARAM_NAMES:
+            np.testing.assert_array_equal(conc_params[i][k], seq_params[i][k])

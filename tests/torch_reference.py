@@ -55,7 +55,7 @@ def mlp_params(params, dtype=torch.float64):
 
 def mlp_logits(P, X):
     emb = P["C"][torch.tensor(X, dtype=torch.long)]
-    h = torch.tanh(emb.view(emb.shape[0], -1) @ P["W1"] + P["b1"])
+    h = torch.tanh(emb.reshape(emb.shape[0], -1) @ P["W1"] + P["b1"])
     return h @ P["W2"] + P["b2"]
 
 

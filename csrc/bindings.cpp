@@ -339,6 +339,49 @@ void sgd_update(py::handle p_, py::handle g_, double lr) {
   kernels().sgd_update(pp, g.data(), p.size(), l);
 }
 
+// p and the tensors that must match it (gradient, optimizer state).
+py::array_t<float> check_like(py::handle obj, const char* name, const py::array_t<float>& p, bool writable) {
+  return typed<float>(obj, name, std::vector<int64_t>(p.shape(), p.shape() + p.ndim()), "equal to p's", writable);
+}
+
+float checked_param(double x, const char* name, double lo, double hi) {
+  if (!std::isfinite(x) || x < lo || x > hi)
+    throw py::value_error(std::string(name) + " must be a finite number in [" + std::to_string(lo) + ", " +
+                          std::to_string(hi) + "], got " + std::to_string(x));
+  return (float)x;
+}
+
+void momentum_update(py::handle p_, py::handle g_, py::handle buf_, double lr, double momentum, bool nesterov,
+                     double weight_decay) {
+  const py::ssize_t ndim = as_array(p_, "p").ndim();
+  auto p = typed<float>(p_, "p", std::vector<int64_t>(ndim, -1), "(any shape)", true);
+  auto g = check_like(g_, "g", p, false);
+  auto buf = check_like(buf_, "buf", p, true);
+  const float l = checked_lr(lr);
+  const float mu = checked_param(momentum, "momentum", 0, 1);
+  const float wd = checked_param(weight_decay, "weight_decay", 0, 1e6);
+  if (nesterov && mu == 0) throw py::value_error("nesterov needs momentum > 0");
+  float *pp = p.mutable_data(), *pb = buf.mutable_data();
+  py::gil_scoped_release nogil;
+  kernels().momentum_update(pp, g.data(), pb, p.size(), l, mu, nesterov, wd);
+}
+
+void adamw_update(py::handle p_, py::handle g_, py::handle m_, py::handle v_, int64_t step, double lr, double beta1,
+                  double beta2, double eps, double weight_decay) {
+  const py::ssize_t ndim = as_array(p_, "p").ndim();
+  auto p = typed<float>(p_, "p", std::vector<int64_t>(ndim, -1), "(any shape)", true);
+  auto g = check_like(g_, "g", p, false);
+  auto m = check_like(m_, "m", p, true);
+  auto v = check_like(v_, "v", p, true);
+  if (step < 1) throw py::value_error("step must be >= 1 (the 1-based number of this update), got " + std::to_string(step));
+  const float l = checked_lr(lr);
+  const float b1 = checked_param(beta1, "beta1", 0, 0.999999), b2 = checked_param(beta2, "beta2", 0, 0.999999);
+  const float e = checked_param(eps, "eps", 0, 1), wd = checked_param(weight_decay, "weight_decay", 0, 1e6);
+  float *pp = p.mutable_data(), *pm = m.mutable_data(), *pv = v.mutable_data();
+  py::gil_scoped_release nogil;
+  kernels().adamw_update(pp, g.data(), pm, pv, p.size(), l, b1, b2, e, wd, step);
+}
+
 // ---------------------------------------------------------------------------
 // Whole-model passes
 // ---------------------------------------------------------------------------
@@ -389,7 +432,9 @@ py::tuple mlp_loss_and_grad(py::handle C, py::handle W1, py::handle b1, py::hand
 
 py::array_t<float> train_steps(py::handle C, py::handle W1, py::handle b1, py::handle W2, py::handle b2,
                                py::handle X_, py::handle Y_, int64_t batch_size, py::handle lrs_,
-                               py::handle rng_state_, py::object batches_) {
+                               py::handle rng_state_, py::object batches_, const std::string& optimizer,
+                               double momentum, bool nesterov, double beta1, double beta2, double eps,
+                               double weight_decay, py::object state_, int64_t opt_step) {
   Model m = check_model(C, W1, b1, W2, b2, /*writable=*/true);
   auto X = check_X(X_, m.d);
   const int64_t N = X.shape(0);
@@ -412,9 +457,44 @@ py::array_t<float> train_steps(py::handle C, py::handle W1, py::handle b1, py::h
         throw py::index_error("batches contains " + std::to_string(b[i]) + " at flat position " + std::to_string(i) +
                               ", outside [0, " + std::to_string(N) + ") (indices into X)");
   }
+  // optimizer: plain SGD is fused into the products; anything else keeps state
+  OptimArgs opt{};
+  std::vector<Model> state;  // keeps the state arrays referenced while the GIL is released
+  const bool plain = optimizer == "sgd" && momentum == 0 && weight_decay == 0 && !nesterov;
+  if (optimizer != "sgd" && optimizer != "adamw")
+    throw py::value_error("optimizer must be 'sgd' or 'adamw', got '" + optimizer + "'");
+  if (!plain) {
+    opt.kind = optimizer == "adamw" ? kAdamW : kMomentum;
+    opt.momentum = checked_param(momentum, "momentum", 0, 1);
+    opt.nesterov = nesterov;
+    if (nesterov && opt.momentum == 0) throw py::value_error("nesterov needs momentum > 0");
+    opt.beta1 = checked_param(beta1, "beta1", 0, 0.999999);
+    opt.beta2 = checked_param(beta2, "beta2", 0, 0.999999);
+    opt.eps = checked_param(eps, "eps", 0, 1);
+    opt.weight_decay = checked_param(weight_decay, "weight_decay", 0, 1e6);
+    if (opt_step < 0) throw py::value_error("opt_step must be >= 0");
+    opt.step = opt_step;
+    const size_t want = opt.kind == kAdamW ? 10 : 5;
+    if (state_.is_none() || !py::isinstance<py::sequence>(state_) || py::len(state_) != want)
+      throw py::value_error(std::string("state must be a sequence of ") + std::to_string(want) +
+                            " float32 arrays shaped like (C, W1, b1, W2, b2)" +
+                            (opt.kind == kAdamW ? " for m, then for v" : " (momentum buffers)"));
+    py::sequence seq = py::reinterpret_borrow<py::sequence>(state_);
+    for (size_t k = 0; k < want; k += 5) {
+      Model sm = check_model(seq[k], seq[k + 1], seq[k + 2], seq[k + 3], seq[k + 4], /*writable=*/true);
+      if (sm.d.V != m.d.V || sm.d.T != m.d.T || sm.d.E != m.d.E || sm.d.H != m.d.H)
+        throw py::value_error("state arrays must have the parameters' shapes");
+      state.push_back(sm);
+    }
+    opt.m = state[0].mut();
+    opt.v = state.size() > 1 ? state[1].mut() : state[0].mut();
+  } else if (!state_.is_none()) {
+    throw py::value_error("plain SGD keeps no state: pass state=None");
+  }
   auto losses = empty<float>({steps});
   TrainArgs a{X.data(), Y.data(), N, (int)batch_size, steps, lrs.data(),
-              batches_.is_none() ? nullptr : batches.data(), rng.mutable_data(), losses.mutable_data()};
+              batches_.is_none() ? nullptr : batches.data(), rng.mutable_data(), losses.mutable_data(),
+              plain ? nullptr : &opt};
   MutParams p = m.mut();
   int64_t done;
   {
@@ -562,10 +642,21 @@ PYBIND11_MODULE(_core, m) {
         py::arg("b2"), py::arg("X"), py::arg("Y"), "(loss, dC, dW1, db1, dW2, db2) for one batch.");
   m.def("train_steps", &train_steps, py::arg("C"), py::arg("W1"), py::arg("b1"), py::arg("W2"), py::arg("b2"),
         py::arg("X"), py::arg("Y"), py::arg("batch_size"), py::arg("lrs"), py::arg("rng_state"),
-        py::arg("batches") = py::none(),
-        "Runs len(lrs) SGD steps in place (GIL released). Minibatches are drawn with rng_state (advanced in "
-        "place) unless batches (steps, batch_size) int64 is given. Returns the per-step losses; shorter than "
-        "lrs if a loss became NaN/inf (its last entry; that step was not applied).");
+        py::arg("batches") = py::none(), py::arg("optimizer") = "sgd", py::arg("momentum") = 0.0,
+        py::arg("nesterov") = false, py::arg("beta1") = 0.9, py::arg("beta2") = 0.999, py::arg("eps") = 1e-8,
+        py::arg("weight_decay") = 0.0, py::arg("state") = py::none(), py::arg("opt_step") = 0,
+        "Runs len(lrs) optimizer steps in place (GIL released). Minibatches are drawn with rng_state (advanced "
+        "in place) unless batches (steps, batch_size) int64 is given. optimizer 'sgd' (momentum, nesterov, "
+        "weight_decay as torch.optim.SGD; state = 5 momentum buffers unless plain) or 'adamw' (as "
+        "torch.optim.AdamW; state = 5 first then 5 second moments, opt_step = steps already taken). "
+        "Returns the per-step losses; shorter than lrs if a loss became NaN/inf (its last entry; that step "
+        "was not applied).");
+  m.def("momentum_update", &momentum_update, py::arg("p"), py::arg("g"), py::arg("buf"), py::arg("lr"),
+        py::arg("momentum"), py::arg("nesterov") = false, py::arg("weight_decay") = 0.0,
+        "One torch.optim.SGD step with momentum on p, in place (buf: the momentum buffer, zeros at first).");
+  m.def("adamw_update", &adamw_update, py::arg("p"), py::arg("g"), py::arg("m"), py::arg("v"), py::arg("step"),
+        py::arg("lr"), py::arg("beta1") = 0.9, py::arg("beta2") = 0.999, py::arg("eps") = 1e-8,
+        py::arg("weight_decay") = 0.01, "One torch.optim.AdamW step (1-based number `step`) on p, in place.");
   m.def("sample", &sample, py::arg("C"), py::arg("W1"), py::arg("b1"), py::arg("W2"), py::arg("b2"), py::arg("n"),
         py::arg("max_len"), py::arg("seed"), py::arg("temperature") = 1.0, py::arg("top_k") = 0,
         "n words as int32 (n, max_len) character indices, each ended by 0 ('.') unless max_len was reached.");

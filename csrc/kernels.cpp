@@ -599,6 +599,38 @@ void sgd_update(float* p, const float* g, int64_t n, float lr) {
   }
 }
 
+// torch.optim.SGD with momentum: g += wd * p; buf = momentum * buf + g;
+// p -= lr * (nesterov ? g + momentum * buf : buf). A zero buffer makes the first
+// step buf = g, as torch's clone does. Plain loops: the compiler vectorises them.
+void momentum_update(float* __restrict p, const float* __restrict g, float* __restrict buf, int64_t n, float lr,
+                     float momentum, bool nesterov, float weight_decay) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float gi = g[i] + weight_decay * p[i];
+    const float b = momentum * buf[i] + gi;
+    buf[i] = b;
+    p[i] = p[i] - lr * (nesterov ? gi + momentum * b : b);
+  }
+}
+
+// torch.optim.AdamW step t (1-based): p *= 1 - lr*wd; m = lerp(m, g, 1 - beta1);
+// v = beta2*v + (1 - beta2)*g^2; p -= lr/(1 - beta1^t) * m / (sqrt(v)/sqrt(1 - beta2^t) + eps).
+void adamw_update(float* __restrict p, const float* __restrict g, float* __restrict m, float* __restrict v, int64_t n,
+                  float lr, float beta1, float beta2, float eps, float weight_decay, int64_t t) {
+  const float step_size = (float)((double)lr / (1.0 - pow((double)beta1, (double)t)));
+  const float bc2_sqrt = (float)sqrt(1.0 - pow((double)beta2, (double)t));
+  const float decay = (float)(1.0 - (double)lr * (double)weight_decay);
+  const float w1 = 1.f - beta1, w2 = 1.f - beta2;
+  for (int64_t i = 0; i < n; ++i) {
+    const float gi = g[i];
+    const float mi = m[i] + w1 * (gi - m[i]);
+    const float vi = v[i] * beta2 + w2 * gi * gi;
+    const float denom = sqrtf(vi) / bc2_sqrt + eps;
+    p[i] = p[i] * decay - step_size * (mi / denom);
+    m[i] = mi;
+    v[i] = vi;
+  }
+}
+
 // ---------------------------------------------------------------------------
 // Whole-model passes
 //
@@ -1003,7 +1035,88 @@ double mlp_loss_and_grad(const Params& P, const Dims& d, const int32_t* X, const
   return loss;
 }
 
+// One optimizer step on every parameter tensor (padded layout), shared out over the
+// team. Element-wise, so any split gives the same result.
+inline void optimizer_share(const PadWeights& W, const PadWeights& G, const PadWeights& S1, const PadWeights& S2,
+                            const Layout& L, const OptimArgs& o, float lr, int64_t t) {
+  float* const p[5] = {W.C, W.W1, W.b1, W.W2, W.b2};
+  float* const g[5] = {G.C, G.W1, G.b1, G.W2, G.b2};
+  float* const m[5] = {S1.C, S1.W1, S1.b1, S1.W2, S1.b2};
+  float* const v[5] = {S2.C, S2.W1, S2.b1, S2.W2, S2.b2};
+  const int64_t n[5] = {(int64_t)L.V * L.E, (int64_t)L.TE * L.Hp, L.Hp, (int64_t)L.H * L.Vp, L.Vp};
+  for (int k = 0; k < 5; ++k) {
+    int64_t b, e;
+    my_share((n[k] + 63) / 64, &b, &e);
+    const int64_t i0 = b * 64, i1 = min64(e * 64, n[k]);
+    if (i1 <= i0) continue;
+    if (o.kind == kAdamW)
+      adamw_update(p[k] + i0, g[k] + i0, m[k] + i0, v[k] + i0, i1 - i0, lr, o.beta1, o.beta2, o.eps, o.weight_decay, t);
+    else
+      momentum_update(p[k] + i0, g[k] + i0, m[k] + i0, i1 - i0, lr, o.momentum, o.nesterov, o.weight_decay);
+  }
+}
+
+// train_steps with an optimizer: gradients into buffers, then the optimizer's update.
+int64_t train_steps_optim(const MutParams& P, const Dims& d, const TrainArgs& a) {
+  const Layout L = layout_of(d);
+  const OptimArgs& o = *a.opt;
+  PaddedCopy M(Params{P.C, P.W1, P.b1, P.W2, P.b2}, L);  // C (and C's state below) updated in place
+  PaddedCopy S1(Params{o.m.C, o.m.W1, o.m.b1, o.m.W2, o.m.b2}, L);
+  const MutParams& second = o.kind == kAdamW ? o.v : o.m;  // momentum has one state tensor
+  PaddedCopy S2(Params{second.C, second.W1, second.b1, second.W2, second.b2}, L);
+  PaddedCopy G(L);
+  StepWork ws;
+  const int64_t B = a.batch_size;
+  ws.prepare(L, B);
+  int64_t done = 0;
+  if (a.steps > 0) {
+    sample_batch(a, L, 0, ws.Xb[0], ws.Yb[0], ws.ix);
+    gather(M.w.C, L.E, ws.Xb[0], B * L.T, ws.emb);
+  }
+#ifdef _OPENMP
+#pragma omp parallel if (use_team(L, B))
+#endif
+  for (int64_t s = 0; s < a.steps; ++s) {
+    const float lr = a.lrs[s];
+    const int cur = (int)(s & 1), nxt = cur ^ 1;
+    const bool more = s + 1 < a.steps;
+    const double loss = step_team(M.w, &G.w, lr, L, B, ws.Yb[cur], ws);
+    if (!__builtin_isfinite(loss)) {  // every thread sees the same loss: all leave together
+#ifdef _OPENMP
+#pragma omp single
+#endif
+      {
+        a.losses[s] = (float)loss;
+        done = s;
+      }
+      break;
+    }
+#ifdef _OPENMP
+#pragma omp single
+#endif
+    {
+      a.losses[s] = (float)loss;
+      finish_step(M.w, &G.w, 0.f, L, B, ws.Xb[cur], ws);  // G.C = dC
+      if (more) sample_batch(a, L, s + 1, ws.Xb[nxt], ws.Yb[nxt], ws.ix);
+    }
+    optimizer_share(M.w, G.w, S1.w, S2.w, L, o, lr, o.step + s + 1);
+#ifdef _OPENMP
+#pragma omp barrier
+#pragma omp single
+#endif
+    {
+      if (more) gather(M.w.C, L.E, ws.Xb[nxt], B * L.T, ws.emb);
+      done = s + 1;
+    }
+  }
+  M.copy_out(L, P);
+  S1.copy_out(L, o.m);
+  if (o.kind == kAdamW) S2.copy_out(L, o.v);
+  return done;
+}
+
 int64_t train_steps(const MutParams& P, const Dims& d, const TrainArgs& a) {
+  if (a.opt) return train_steps_optim(P, d, a);
   const Layout L = layout_of(d);
   PaddedCopy M(Params{P.C, P.W1, P.b1, P.W2, P.b2}, L);  // C is updated in place
   StepWork ws;
@@ -1177,6 +1290,8 @@ extern const KernelTable FASTMLP_CAT(kernels_, FASTMLP_ISA) = {
     linear_backward,
     cross_entropy,
     sgd_update,
+    momentum_update,
+    adamw_update,
     mlp_forward,
     mlp_loss_sum,
     mlp_loss_and_grad,

@@ -37,6 +37,21 @@ struct MutParams {
   float* b2;
 };
 
+// Optimizers beyond plain SGD, with the update rules of torch.optim.SGD (momentum,
+// Nesterov, weight decay) and torch.optim.AdamW.
+enum OptimizerKind : int { kMomentum = 1, kAdamW = 2 };
+struct OptimArgs {
+  int kind;             // OptimizerKind
+  float momentum;       // kMomentum (0 gives SGD with weight decay)
+  bool nesterov;        // kMomentum
+  float beta1, beta2;   // kAdamW
+  float eps;            // kAdamW
+  float weight_decay;   // kMomentum: g += wd * p; kAdamW: p *= 1 - lr * wd
+  int64_t step;         // optimizer steps taken before this call (AdamW's bias correction)
+  MutParams m;          // state, in the parameters' layout: momentum buffers / AdamW first moments
+  MutParams v;          // AdamW second moments (unused for kMomentum)
+};
+
 // Arguments of the fused training loop (train_steps).
 struct TrainArgs {
   const int32_t* X;        // (N, T) training contexts
@@ -48,6 +63,7 @@ struct TrainArgs {
   const int64_t* batches;  // (steps, B) explicit example indices, or nullptr to sample
   uint64_t* rng_state;     // (4,) xoshiro256** state, advanced in place when sampling
   float* losses;           // (steps,) out: minibatch loss before each update
+  const OptimArgs* opt;    // nullptr: plain SGD, fused into the gradient products
 };
 
 // Arguments of the batched sampler.
@@ -83,6 +99,12 @@ struct KernelTable {
 
   // p -= lr * g
   void (*sgd_update)(float* p, const float* g, int64_t n, float lr);
+  // torch.optim.SGD(momentum, nesterov, weight_decay) step on one tensor; buf starts at 0
+  void (*momentum_update)(float* p, const float* g, float* buf, int64_t n, float lr, float momentum, bool nesterov,
+                          float weight_decay);
+  // torch.optim.AdamW step number t (1-based) on one tensor
+  void (*adamw_update)(float* p, const float* g, float* m, float* v, int64_t n, float lr, float beta1, float beta2,
+                       float eps, float weight_decay, int64_t t);
 
   // Whole-model passes.
   void (*mlp_forward)(const Params& P, const Dims& d, const int32_t* X, int64_t N, float* logits);

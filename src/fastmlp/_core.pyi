@@ -4,7 +4,7 @@ All arrays are numpy, float32 or int32 as named, C-contiguous and aligned;
 shapes: N examples, T block_size, E n_embd, H n_hidden, V vocab size.
 Bad arguments raise TypeError / ValueError / IndexError naming the argument.
 """
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import numpy.typing as npt
@@ -38,7 +38,14 @@ def mlp_loss_and_grad(
 def train_steps(
     C: F32, W1: F32, b1: F32, W2: F32, b2: F32, X: I32, Y: I32, batch_size: int,
     lrs: F32, rng_state: npt.NDArray[np.uint64], batches: Optional[npt.NDArray[np.int64]] = None,
+    optimizer: str = "sgd", momentum: float = 0.0, nesterov: bool = False, beta1: float = 0.9,
+    beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
+    state: Optional[Sequence[F32]] = None, opt_step: int = 0,
 ) -> F32: ...
+def momentum_update(p: F32, g: F32, buf: F32, lr: float, momentum: float, nesterov: bool = False,
+                    weight_decay: float = 0.0) -> None: ...
+def adamw_update(p: F32, g: F32, m: F32, v: F32, step: int, lr: float, beta1: float = 0.9, beta2: float = 0.999,
+                 eps: float = 1e-8, weight_decay: float = 0.01) -> None: ...
 def sample(
     C: F32, W1: F32, b1: F32, W2: F32, b2: F32, n: int, max_len: int, seed: int,
     temperature: float = 1.0, top_k: int = 0,

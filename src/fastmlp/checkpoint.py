@@ -39,6 +39,8 @@ class Checkpoint:
     train_config: dict = field(default_factory=dict)
     train_words: List[str] = field(default_factory=list)
     metrics: dict = field(default_factory=dict)
+    optimizer_state: List[np.ndarray] = field(default_factory=list)  # momentum buffers, or AdamW m then v
+    opt_step: int = 0                                                 # optimizer steps taken (AdamW)
 
 
 def save(path, ckpt: Checkpoint) -> Path:
@@ -48,7 +50,7 @@ def save(path, ckpt: Checkpoint) -> Path:
     meta = {
         "format": FORMAT, "version": VERSION, "model": dict(ckpt.model.config, init=ckpt.model.init),
         "vocab": "".join(ckpt.vocab.itos), "step": int(ckpt.step), "train_config": ckpt.train_config,
-        "metrics": ckpt.metrics,
+        "metrics": ckpt.metrics, "opt_step": int(ckpt.opt_step), "opt_tensors": len(ckpt.optimizer_state),
     }
     arrays = {k: ckpt.model.params[k] for k in PARAM_NAMES}
     arrays["meta"] = np.array(json.dumps(meta))
@@ -57,6 +59,8 @@ def save(path, ckpt: Checkpoint) -> Path:
     arrays["loss_history"] = (np.zeros(0, np.float32) if ckpt.loss_history is None
                               else np.asarray(ckpt.loss_history, np.float32))
     arrays["train_words"] = np.array("\n".join(ckpt.train_words))
+    for i, a in enumerate(ckpt.optimizer_state):
+        arrays[f"opt_{i}"] = a
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -120,6 +124,14 @@ def load(path) -> Checkpoint:
     if rng_state is not None and (rng_state.dtype != np.uint64 or rng_state.shape != (4,)):
         raise CheckpointError(f"{where}: rng_state must be uint64[4]")
     words = str(data["train_words"]) if "train_words" in data else ""
+    opt_state = []
+    for i in range(int(meta.get("opt_tensors", 0))):
+        a = data.get(f"opt_{i}")
+        want = model.params[PARAM_NAMES[i % len(PARAM_NAMES)]]
+        if a is None or a.dtype != np.float32 or a.shape != want.shape:
+            raise CheckpointError(f"{where}: optimizer state {i} is missing or does not match the parameters")
+        opt_state.append(np.ascontiguousarray(a))
     return Checkpoint(model=model, vocab=vocab, step=int(meta.get("step", 0)), rng_state=rng_state,
                       loss_history=data.get("loss_history"), train_config=meta.get("train_config", {}),
-                      train_words=words.split("\n") if words else [], metrics=meta.get("metrics", {}))
+                      train_words=words.split("\n") if words else [], metrics=meta.get("metrics", {}),
+                      optimizer_state=opt_state, opt_step=int(meta.get("opt_step", 0)))

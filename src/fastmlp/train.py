@@ -31,6 +31,7 @@ from .data import Dataset, load_dataset
 from .model import MLP, PARAM_NAMES
 
 SCHEDULES = ("step", "cosine", "constant")
+OPTIMIZERS = ("sgd", "adamw")
 
 
 @dataclass
@@ -43,6 +44,12 @@ class TrainConfig:
     n_embd: int = 10
     n_hidden: int = 200
     init: str = "lecture"
+    optimizer: str = "sgd"          # sgd (with --momentum: torch.optim.SGD's momentum) or adamw
+    momentum: float = 0.0
+    nesterov: bool = False
+    beta1: float = 0.9              # AdamW
+    beta2: float = 0.999
+    weight_decay: float = 0.0       # SGD: g += wd * p; AdamW: decoupled, p *= 1 - lr * wd
     batch_size: int = 32
     max_steps: int = 200_000
     learning_rate: float = 0.1
@@ -69,6 +76,17 @@ class TrainConfig:
             v = getattr(self, name)
             if not math.isfinite(v) or v < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {v}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
+            raise ValueError("nesterov needs --optimizer sgd and --momentum > 0")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if not math.isfinite(self.weight_decay) or self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
         if self.lr_schedule not in SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {SCHEDULES}, got {self.lr_schedule!r}")
         if self.num_threads is not None and self.num_threads < 1:
@@ -103,6 +121,16 @@ def learning_rates(cfg: TrainConfig, start: int, stop: int) -> np.ndarray:
     if cfg.warmup_steps:
         lr = lr * np.minimum(1.0, (s + 1) / cfg.warmup_steps)
     return lr.astype(np.float32)
+
+
+def optimizer_arguments(cfg: TrainConfig) -> dict:
+    """train_steps' optimizer keywords; empty for plain SGD (fused into the products)."""
+    if cfg.optimizer == "sgd" and cfg.momentum == 0 and cfg.weight_decay == 0:
+        return {}
+    if cfg.optimizer == "sgd":
+        return {"optimizer": "sgd", "momentum": cfg.momentum, "nesterov": cfg.nesterov,
+                "weight_decay": cfg.weight_decay}
+    return {"optimizer": "adamw", "beta1": cfg.beta1, "beta2": cfg.beta2, "weight_decay": cfg.weight_decay}
 
 
 def evaluate(model: MLP, ds: Dataset, splits=("train", "dev")) -> dict:
@@ -202,6 +230,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
                                           f"{have}, but this run asks for {want}")
         model, step = ck.model, ck.step
         rng_state = np.array(ck.rng_state, dtype=np.uint64)
+        opt_state, opt_step = ck.optimizer_state, ck.opt_step
         history = [np.asarray(ck.loss_history, np.float32)]
         log(f"resuming from {ckpt_path} at step {step:,}")
     else:
@@ -209,6 +238,15 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
         step = 0
         rng_state = _core.rng_state(cfg.seed)
         history = []
+        opt_state, opt_step = [], 0
+    opt_kw = optimizer_arguments(cfg)
+    if opt_kw:
+        n_state = 10 if cfg.optimizer == "adamw" else 5
+        if len(opt_state) != n_state:  # a fresh run, or a resume that changes optimizer: start from zeros
+            opt_state = [np.zeros_like(model.params[k]) for _ in range(n_state // 5) for k in PARAM_NAMES]
+            opt_step = 0
+    else:
+        opt_state, opt_step = [], 0
     first_step = step
     log(f"{model} | train/dev/test examples {ds.sizes['train']:,}/{ds.sizes['dev']:,}/{ds.sizes['test']:,} | "
         f"kernels {_core.get_isa()}, {_core.get_num_threads()} threads"
@@ -218,7 +256,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
         return ckpt_io.save(ckpt_path, ckpt_io.Checkpoint(
             model=model, vocab=ds.vocab, step=step, rng_state=rng_state,
             loss_history=np.concatenate(history) if history else None,
-            train_config=dataclasses.asdict(cfg), train_words=ds.train_words, metrics=metrics or {}))
+            train_config=dataclasses.asdict(cfg), train_words=ds.train_words, metrics=metrics or {},
+            optimizer_state=opt_state, opt_step=opt_step))
 
     P = [model.params[k] for k in PARAM_NAMES]
     # the loss before any update (or a uniform guess's, if larger): twice it means divergence
@@ -245,7 +284,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
             threads = chooser.pick()
             _core.set_num_threads(threads)
             t0 = time.perf_counter()
-            losses = _core.train_steps(*P, X, Y, cfg.batch_size, lrs, rng_state)
+            losses = _core.train_steps(*P, X, Y, cfg.batch_size, lrs, rng_state, **opt_kw,
+                                       **({"state": opt_state, "opt_step": opt_step} if opt_kw else {}))
             dt = time.perf_counter() - t0
             _core.set_num_threads(all_threads)  # evaluation always uses every thread
             chooser.record(threads, dt / max(len(losses), 1))
@@ -259,6 +299,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
                 diverged(step + n - 1, recent, lrs[-1], exploded=True)
             history.append(losses)
             step += n
+            opt_step += n
             chunk = int(min(max(0.25 * n / max(dt, 1e-9), 100), 50_000))  # ~0.25 s per chunk
             bar.update(n)
             postfix = {"loss": f"{float(np.mean(losses[-100:])):.4f}", "lr": f"{lrs[-1]:.3g}"}
@@ -312,6 +353,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=sorted(PRESETS), default="lecture",
                    help="a named recipe; flags given explicitly override its values")
     g = p.add_argument_group("optimisation")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, help="sgd (lecture) or adamw")
+    g.add_argument("--momentum", type=float, help="sgd: momentum (0: plain SGD, the lecture)")
+    g.add_argument("--nesterov", action="store_true", help="sgd: Nesterov momentum")
+    g.add_argument("--weight-decay", type=float, help="sgd: L2 added to the gradient; adamw: decoupled decay")
+    g.add_argument("--beta1", type=float, help="adamw: first-moment decay (0.9)")
+    g.add_argument("--beta2", type=float, help="adamw: second-moment decay (0.999)")
     g.add_argument("-b", "--batch-size", type=int, help="minibatch size (lecture: 32)")
     g.add_argument("--max-steps", type=int, help="SGD steps in total (lecture: 200000)")
     g.add_argument("-l", "--learning-rate", type=float, help="initial learning rate (lecture: 0.1)")

@@ -410,7 +410,7 @@ double mlp_loss(py::handle C, py::handle W1, py::handle b1, py::handle W2, py::h
 }
 
 py::tuple mlp_loss_and_grad(py::handle C, py::handle W1, py::handle b1, py::handle W2, py::handle b2, py::handle X_,
-                            py::handle Y_) {
+                            py::handle Y_, py::object mask_) {
   Model m = check_model(C, W1, b1, W2, b2);
   auto X = check_X(X_, m.d);
   const int64_t N = X.shape(0);
@@ -422,10 +422,15 @@ py::tuple mlp_loss_and_grad(py::handle C, py::handle W1, py::handle b1, py::hand
   auto gW2 = empty<float>({d.H, d.V});
   auto gb2 = empty<float>({d.V});
   MutParams g{gC.mutable_data(), gW1.mutable_data(), gb1.mutable_data(), gW2.mutable_data(), gb2.mutable_data()};
+  py::array_t<float> mask;
+  if (!mask_.is_none()) {
+    mask = typed<float>(mask_, "dropout_mask", {N, (int64_t)d.H}, "(N, H)");
+    require_finite(mask, "dropout_mask");
+  }
   double loss;
   {
     py::gil_scoped_release nogil;
-    loss = kernels().mlp_loss_and_grad(m.view(), d, X.data(), Y.data(), N, g);
+    loss = kernels().mlp_loss_and_grad(m.view(), d, X.data(), Y.data(), N, g, mask_.is_none() ? nullptr : mask.data());
   }
   return py::make_tuple(loss, gC, gW1, gb1, gW2, gb2);
 }
@@ -434,7 +439,8 @@ py::array_t<float> train_steps(py::handle C, py::handle W1, py::handle b1, py::h
                                py::handle X_, py::handle Y_, int64_t batch_size, py::handle lrs_,
                                py::handle rng_state_, py::object batches_, const std::string& optimizer,
                                double momentum, bool nesterov, double beta1, double beta2, double eps,
-                               double weight_decay, py::object state_, int64_t opt_step) {
+                               double weight_decay, py::object state_, int64_t opt_step, double dropout,
+                               uint64_t dropout_seed, int64_t step0) {
   Model m = check_model(C, W1, b1, W2, b2, /*writable=*/true);
   auto X = check_X(X_, m.d);
   const int64_t N = X.shape(0);
@@ -494,7 +500,7 @@ py::array_t<float> train_steps(py::handle C, py::handle W1, py::handle b1, py::h
   auto losses = empty<float>({steps});
   TrainArgs a{X.data(), Y.data(), N, (int)batch_size, steps, lrs.data(),
               batches_.is_none() ? nullptr : batches.data(), rng.mutable_data(), losses.mutable_data(),
-              plain ? nullptr : &opt};
+              plain ? nullptr : &opt, checked_param(dropout, "dropout", 0, 0.99), dropout_seed, step0};
   MutParams p = m.mut();
   int64_t done;
   {
@@ -550,6 +556,18 @@ double fma_peak_gflops(int threads, double seconds) {
     if (dt >= seconds) return (double)flops_per_iter * iters * threads / dt / 1e9 + 0.0 * sink;
     iters *= 2;
   }
+}
+
+// The multipliers (0 or 1/(1-p)) that train_steps applies to the hidden layer at
+// global step `step`: the same function of (seed, step, unit) the C++ loop uses.
+py::array_t<float> dropout_mask(uint64_t seed, int64_t step, int64_t B, int64_t H, double p) {
+  const float pf = checked_param(p, "p", 0, 0.99);
+  if (B < 1 || H < 1 || B * H > (int64_t(1) << 31)) throw py::value_error("B and H must be >= 1");
+  auto out = empty<float>({B, H});
+  float* o = out.mutable_data();
+  const uint32_t key = dropout_key(seed, step), threshold = (uint32_t)((double)pf * 4294967296.0);
+  for (int64_t e = 0; e < B * H; ++e) o[e] = mix32((uint32_t)e ^ key) >= threshold ? 1.f / (1.f - pf) : 0.f;
+  return out;
 }
 
 py::array_t<uint64_t> rng_state(uint64_t seed) {
@@ -639,18 +657,24 @@ PYBIND11_MODULE(_core, m) {
   m.def("mlp_loss", &mlp_loss, py::arg("C"), py::arg("W1"), py::arg("b1"), py::arg("W2"), py::arg("b2"),
         py::arg("X"), py::arg("Y"), "Mean loss over all N examples, evaluated in chunks.");
   m.def("mlp_loss_and_grad", &mlp_loss_and_grad, py::arg("C"), py::arg("W1"), py::arg("b1"), py::arg("W2"),
-        py::arg("b2"), py::arg("X"), py::arg("Y"), "(loss, dC, dW1, db1, dW2, db2) for one batch.");
+        py::arg("b2"), py::arg("X"), py::arg("Y"), py::arg("dropout_mask") = py::none(),
+        "(loss, dC, dW1, db1, dW2, db2) for one batch; dropout_mask: optional (N, H) multipliers on the hidden "
+        "layer.");
   m.def("train_steps", &train_steps, py::arg("C"), py::arg("W1"), py::arg("b1"), py::arg("W2"), py::arg("b2"),
         py::arg("X"), py::arg("Y"), py::arg("batch_size"), py::arg("lrs"), py::arg("rng_state"),
         py::arg("batches") = py::none(), py::arg("optimizer") = "sgd", py::arg("momentum") = 0.0,
         py::arg("nesterov") = false, py::arg("beta1") = 0.9, py::arg("beta2") = 0.999, py::arg("eps") = 1e-8,
         py::arg("weight_decay") = 0.0, py::arg("state") = py::none(), py::arg("opt_step") = 0,
+        py::arg("dropout") = 0.0, py::arg("dropout_seed") = 0, py::arg("step0") = 0,
         "Runs len(lrs) optimizer steps in place (GIL released). Minibatches are drawn with rng_state (advanced "
         "in place) unless batches (steps, batch_size) int64 is given. optimizer 'sgd' (momentum, nesterov, "
         "weight_decay as torch.optim.SGD; state = 5 momentum buffers unless plain) or 'adamw' (as "
         "torch.optim.AdamW; state = 5 first then 5 second moments, opt_step = steps already taken). "
+        "dropout: inverted dropout on the hidden layer, masks from (dropout_seed, step0 + step). "
         "Returns the per-step losses; shorter than lrs if a loss became NaN/inf (its last entry; that step "
         "was not applied).");
+  m.def("dropout_mask", &dropout_mask, py::arg("seed"), py::arg("step"), py::arg("B"), py::arg("H"), py::arg("p"),
+        "The (B, H) dropout multipliers train_steps uses at global step `step`.");
   m.def("momentum_update", &momentum_update, py::arg("p"), py::arg("g"), py::arg("buf"), py::arg("lr"),
         py::arg("momentum"), py::arg("nesterov") = false, py::arg("weight_decay") = 0.0,
         "One torch.optim.SGD step with momentum on p, in place (buf: the momentum buffer, zeros at first).");

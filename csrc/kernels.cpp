@@ -220,6 +220,7 @@ enum Epilogue {
   kBiasTanh,     // C = tanh(A B + bias)
   kAccumScaled,  // C += alpha * A B   (fused SGD update: alpha = -lr)
   kTanhGrad,     // C = (A B) * (1 - Hm^2), Hm a matrix laid out like C (tanh backward)
+  kMul,          // C = (A B) * Hm (tanh backward through a dropout mask, Hm = mask * (1 - h^2))
 };
 
 // ep: the epilogue's operand (the bias row for kBias/kBiasTanh, the matrix Hm for kTanhGrad).
@@ -253,6 +254,7 @@ inline void gemm_tile(int K, const float* A, int64_t sai, int64_t sap, const flo
         const vf hv = load_part(ep + r * ldc + v * VW, n);
         x = x * (splat(1.f) - hv * hv);
       }
+      if (EPI == kMul) x = x * load_part(ep + r * ldc + v * VW, n);
       store_part(c, x, n);
     }
   }
@@ -339,7 +341,7 @@ inline void run_task(const GemmPlan& g, int64_t t) {
   const int mr = (int)min64(GEMM_MR, g.M - i0);
   const int ncols = g.N - j0 < cols_per_block ? g.N - j0 : cols_per_block;
   const int nv = (ncols + VW - 1) / VW;
-  const float* ept = EPI == kTanhGrad ? g.ep + i0 * g.ldc + j0 : (g.ep ? g.ep + j0 : nullptr);
+  const float* ept = EPI == kTanhGrad || EPI == kMul ? g.ep + i0 * g.ldc + j0 : (g.ep ? g.ep + j0 : nullptr);
   gemm_tile_any<EPI>(mr, nv, g.K, g.A + i0 * g.sai, g.sai, g.sap, g.B + j0, g.ldb, g.C + i0 * g.ldc + j0, g.ldc,
                      ncols, ept, g.alpha);
 }
@@ -829,8 +831,9 @@ double mlp_loss_sum(const Params& P, const Dims& d, const int32_t* X, const int3
 // Workspace of one training step (or one loss_and_grad call), reused across steps.
 // Allocated before any parallel region: inside one, threads only use the pointers.
 struct StepWork {
-  Buf b_emb, b_h, b_logits, b_dlogits, b_dpre, b_demb, b_w1t, b_w2t, b_dC, b_loss, b_X[2], b_Y[2], b_ix;
+  Buf b_emb, b_h, b_logits, b_dlogits, b_dpre, b_demb, b_w1t, b_w2t, b_dC, b_loss, b_X[2], b_Y[2], b_ix, b_hd, b_dt;
   float *emb, *h, *logits, *dlogits, *dpre, *demb, *w1t, *w2t, *dC, *row_loss;
+  float *hd, *dt;  // dropout: h * mask and mask * (1 - h^2), (B, Hp)
   int32_t *Xb[2], *Yb[2];  // two batches: the next one is drawn while the current one is finished
   int64_t* ix;              // the example indices of a batch
   void prepare(const Layout& L, int64_t B) {
@@ -846,6 +849,8 @@ struct StepWork {
     memset(w2t, 0, sizeof(float) * L.V * L.Hp);
     dC = b_dC.get((size_t)L.V * L.E);
     row_loss = b_loss.get((size_t)B);
+    hd = b_hd.get((size_t)(B * L.Hp));
+    dt = b_dt.get((size_t)(B * L.Hp));
     ix = (int64_t*)b_ix.get((size_t)(2 * B));  // int64 = two floats
     for (int i = 0; i < 2; ++i) {
       Xb[i] = (int32_t*)b_X[i].get((size_t)(B * L.T));  // int32 and float have the same size
@@ -919,12 +924,48 @@ inline void sample_batch(const TrainArgs& a, const Layout& L, int64_t step, int3
 // W -= lr * grad is applied in place, fused into the weight-gradient products.
 // Returns the mean loss (the same value on every thread); if it is not finite,
 // nothing is updated. The caller must make C final (G: dC) by `finish_step`.
+struct Dropout {
+  float p = 0.f;                 // probability of dropping a hidden unit; 0 = off
+  uint32_t key = 0;              // this step's mask key (dropout_key)
+  const float* mask = nullptr;   // explicit (B, H) multipliers instead of drawn ones
+  bool on() const { return p > 0.f || mask != nullptr; }
+};
+
+// hd = h * s and dt = s * (1 - h^2) for this thread's rows, s the mask multiplier:
+// 1/(1-p) for a kept unit, 0 for a dropped one (and for the pad columns).
+inline void apply_dropout(const Dropout& dr, const Layout& L, int64_t B, StepWork& ws) {
+  const int H = L.H, Hp = L.Hp;
+  const uint32_t threshold = (uint32_t)((double)dr.p * 4294967296.0);
+  const float keep_scale = 1.f / (1.f - dr.p);
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+  for (int64_t i = 0; i < B; ++i) {
+    const float* h = ws.h + i * Hp;
+    float* hd = ws.hd + i * Hp;
+    float* dt = ws.dt + i * Hp;
+    for (int j = 0; j < Hp; ++j) {
+      float s = 0.f;
+      if (j < H)
+        s = dr.mask ? dr.mask[i * H + j]
+                    : (mix32((uint32_t)(i * H + j) ^ dr.key) >= threshold ? keep_scale : 0.f);
+      hd[j] = h[j] * s;
+      dt[j] = s * (1.f - h[j] * h[j]);
+    }
+  }
+}
+
 double step_team(const PadWeights& W, const PadWeights* G, float lr, const Layout& L, int64_t B, const int32_t* Yb,
-                 StepWork& ws) {
+                 StepWork& ws, const Dropout& dr = Dropout()) {
   const int TE = L.TE, H = L.H, V = L.V, Hp = L.Hp, Vp = L.Vp, TEp = L.TEp;
-  // forward: h = tanh(emb W1 + b1); logits = h W2 + b2
+  // forward: h = tanh(emb W1 + b1); [hd = h * dropout mask]; logits = hd W2 + b2
   gemm_team<kBiasTanh>(plan(B, Hp, TE, ws.emb, TE, 1, W.W1, Hp, ws.h, Hp, W.b1, 1.f));
-  gemm_team<kBias>(plan(B, Vp, H, ws.h, Hp, 1, W.W2, Vp, ws.logits, Vp, W.b2, 1.f));
+  const float* hout = ws.h;  // what the output layer sees
+  if (dr.on()) {
+    apply_dropout(dr, L, B, ws);
+    hout = ws.hd;
+  }
+  gemm_team<kBias>(plan(B, Vp, H, hout, Hp, 1, W.W2, Vp, ws.logits, Vp, W.b2, 1.f));
 
   // loss and dlogits, one row per task; meanwhile the transposed weights for backward
   transpose_share(W.W2, Vp, H, ws.w2t, Hp, V);   // W2T (V, Hp) = W2 (H, Vp)^T
@@ -943,12 +984,15 @@ double step_team(const PadWeights& W, const PadWeights* G, float lr, const Layou
   if (!__builtin_isfinite(loss)) return loss;
 
   // backward; every product reads the weights before their update (or their transposed copies)
-  gemm_team<kTanhGrad, true>(plan(B, Hp, V, ws.dlogits, Vp, 1, ws.w2t, Hp, ws.dpre, Hp, ws.h, 1.f));
+  if (dr.on())
+    gemm_team<kMul, true>(plan(B, Hp, V, ws.dlogits, Vp, 1, ws.w2t, Hp, ws.dpre, Hp, ws.dt, 1.f));
+  else
+    gemm_team<kTanhGrad, true>(plan(B, Hp, V, ws.dlogits, Vp, 1, ws.w2t, Hp, ws.dpre, Hp, ws.h, 1.f));
   if (G) {
-    gemm_team<kStore, true>(plan(H, Vp, (int)B, ws.h, 1, Hp, ws.dlogits, Vp, G->W2, Vp, nullptr, 1.f));
+    gemm_team<kStore, true>(plan(H, Vp, (int)B, hout, 1, Hp, ws.dlogits, Vp, G->W2, Vp, nullptr, 1.f));
     column_sums_share(ws.dlogits, B, Vp, Vp, G->b2, nullptr, 0.f);
   } else {
-    gemm_team<kAccumScaled, true>(plan(H, Vp, (int)B, ws.h, 1, Hp, ws.dlogits, Vp, W.W2, Vp, nullptr, -lr));
+    gemm_team<kAccumScaled, true>(plan(H, Vp, (int)B, hout, 1, Hp, ws.dlogits, Vp, W.W2, Vp, nullptr, -lr));
     column_sums_share(ws.dlogits, B, Vp, Vp, ws.logits, W.b2, lr);  // logits is free: scratch for db2
   }
 #ifdef _OPENMP
@@ -1010,7 +1054,7 @@ inline bool use_team(const Layout& L, int64_t B) {
 }
 
 double mlp_loss_and_grad(const Params& P, const Dims& d, const int32_t* X, const int32_t* Y, int64_t N,
-                         const MutParams& grads) {
+                         const MutParams& grads, const float* dropout_mask) {
   const Layout L = layout_of(d);
   const PaddedCopy M(P, L);  // only read: step_team writes weights only when G is null
   PaddedCopy G(L);
@@ -1022,7 +1066,9 @@ double mlp_loss_and_grad(const Params& P, const Dims& d, const int32_t* X, const
 #pragma omp parallel if (use_team(L, N))
 #endif
   {
-    const double l = step_team(M.w, &G.w, 0.f, L, N, Y, ws);
+    Dropout dr;
+    dr.mask = dropout_mask;
+    const double l = step_team(M.w, &G.w, 0.f, L, N, Y, ws, dr);
 #ifdef _OPENMP
 #pragma omp single
 #endif
@@ -1033,6 +1079,13 @@ double mlp_loss_and_grad(const Params& P, const Dims& d, const int32_t* X, const
   }
   G.copy_out(L, grads);
   return loss;
+}
+
+inline Dropout step_dropout(const TrainArgs& a, int64_t s) {
+  Dropout dr;
+  dr.p = a.dropout;
+  if (a.dropout > 0.f) dr.key = dropout_key(a.dropout_seed, a.step0 + s);
+  return dr;
 }
 
 // One optimizer step on every parameter tensor (padded layout), shared out over the
@@ -1080,7 +1133,7 @@ int64_t train_steps_optim(const MutParams& P, const Dims& d, const TrainArgs& a)
     const float lr = a.lrs[s];
     const int cur = (int)(s & 1), nxt = cur ^ 1;
     const bool more = s + 1 < a.steps;
-    const double loss = step_team(M.w, &G.w, lr, L, B, ws.Yb[cur], ws);
+    const double loss = step_team(M.w, &G.w, lr, L, B, ws.Yb[cur], ws, step_dropout(a, s));
     if (!__builtin_isfinite(loss)) {  // every thread sees the same loss: all leave together
 #ifdef _OPENMP
 #pragma omp single
@@ -1134,7 +1187,7 @@ int64_t train_steps(const MutParams& P, const Dims& d, const TrainArgs& a) {
   for (int64_t s = 0; s < a.steps; ++s) {
     const float lr = a.lrs[s];
     const int cur = (int)(s & 1), nxt = cur ^ 1;
-    const double loss = step_team(M.w, nullptr, lr, L, B, ws.Yb[cur], ws);
+    const double loss = step_team(M.w, nullptr, lr, L, B, ws.Yb[cur], ws, step_dropout(a, s));
     if (!__builtin_isfinite(loss)) {  // every thread sees the same loss: all leave together
 #ifdef _OPENMP
 #pragma omp single

@@ -64,6 +64,9 @@ struct TrainArgs {
   uint64_t* rng_state;     // (4,) xoshiro256** state, advanced in place when sampling
   float* losses;           // (steps,) out: minibatch loss before each update
   const OptimArgs* opt;    // nullptr: plain SGD, fused into the gradient products
+  float dropout;           // probability of dropping each hidden unit (inverted dropout); 0 = off
+  uint64_t dropout_seed;   // masks depend on (dropout_seed, step0 + step, unit) only
+  int64_t step0;           // global index of the first step of this call
 };
 
 // Arguments of the batched sampler.
@@ -110,9 +113,10 @@ struct KernelTable {
   void (*mlp_forward)(const Params& P, const Dims& d, const int32_t* X, int64_t N, float* logits);
   // Sum of the per-example losses over N examples, evaluated in chunks (no (N, V) buffer).
   double (*mlp_loss_sum)(const Params& P, const Dims& d, const int32_t* X, const int32_t* Y, int64_t N);
-  // Mean loss and its gradients (overwritten) for one batch.
+  // Mean loss and its gradients (overwritten) for one batch. dropout_mask: null, or (N, H)
+  // multipliers applied to the hidden layer (0 or 1/(1-p) for inverted dropout).
   double (*mlp_loss_and_grad)(const Params& P, const Dims& d, const int32_t* X, const int32_t* Y,
-                              int64_t N, const MutParams& grads);
+                              int64_t N, const MutParams& grads, const float* dropout_mask);
   // Runs args.steps SGD steps in place on P. Returns the number of steps completed;
   // fewer than asked when a loss became NaN/inf (the parameters are then those
   // before the failing step's update).

@@ -49,6 +49,23 @@ static inline uint64_t rng_below(uint64_t s[4], uint64_t n) {
   return (uint64_t)(m >> 64);
 }
 
+// A 32-bit mixer (Wellons' lowbias32): counter-based random bits, for dropout masks
+// that depend only on (seed, step, element), never on threads or call boundaries.
+static inline uint32_t mix32(uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x7feb352dU;
+  x ^= x >> 15;
+  x *= 0x846ca68bU;
+  x ^= x >> 16;
+  return x;
+}
+
+// The key of step `step`'s dropout mask; element e of the mask keeps its unit when
+// mix32(e ^ key) >= p * 2^32.
+static inline uint32_t dropout_key(uint64_t seed, int64_t step) {
+  return mix32((uint32_t)seed ^ mix32((uint32_t)(seed >> 32) ^ mix32((uint32_t)step ^ mix32((uint32_t)(step >> 32)))));
+}
+
 // Uniform float in [0, 1) with 24 random bits.
 static inline float rng_uniform(uint64_t s[4]) {
   return (float)(rng_next(s) >> 40) * (1.0f / 16777216.0f);

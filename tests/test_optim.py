@@ -155,3 +155,65 @@ def test_train_steps_optimizer_arguments(names):
     bad[1] = np.zeros((3, 3), np.float32)
     with pytest.raises(ValueError):
         _core.train_steps(*P, X, Y, 4, lrs, _core.rng_state(0), momentum=0.9, state=bad)
+
+
+# -- dropout on the hidden layer --------------------------------------------------------------
+def torch_loss_and_grad_with_mask(params, X, Y, mask, dtype=torch.float64):
+    import torch.nn.functional as F
+
+    P = ref.mlp_params(params, dtype)
+    emb = P["C"][torch.tensor(X, dtype=torch.long)]
+    h = torch.tanh(emb.reshape(len(X), -1) @ P["W1"] + P["b1"]) * torch.tensor(mask, dtype=dtype)
+    loss = F.cross_entropy(h @ P["W2"] + P["b2"], torch.tensor(Y, dtype=torch.long))
+    loss.backward()
+    return loss.item(), {k: v.grad.numpy() for k, v in P.items()}
+
+
+def test_dropout_with_a_fixed_mask_matches_torch(isa):
+    rng = np.random.default_rng(3)
+    m = MLP(27, 3, 10, 200, seed=1, init="scaled")
+    X, Y = rng.integers(0, 27, (64, 3)), rng.integers(0, 27, 64)
+    mask = _core.dropout_mask(7, 0, 64, 200, 0.3)
+    loss, grads = m.loss_and_grad(X, Y, dropout_mask=mask)
+    rloss, rgrads = torch_loss_and_grad_with_mask(m.params, X, Y, mask)
+    assert abs(loss - rloss) <= 1e-5 * abs(rloss)
+    for k in PARAM_NAMES:  # as in test_loss_and_grad_match_autograd
+        normwise_close(grads[k], rgrads[k], 1e-4, f"d{k}")
+
+
+def test_dropout_masks_keep_the_right_share_and_are_reproducible():
+    a = _core.dropout_mask(1, 5, 256, 512, 0.25)
+    assert set(np.unique(a)) == {0.0, np.float32(1 / 0.75)}
+    assert abs((a > 0).mean() - 0.75) < 0.01
+    np.testing.assert_array_equal(a, _core.dropout_mask(1, 5, 256, 512, 0.25))
+    assert (a != _core.dropout_mask(1, 6, 256, 512, 0.25)).any() and (a != _core.dropout_mask(2, 5, 256, 512, 0.25)).any()
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adamw"])
+def test_training_loop_with_dropout_uses_the_documented_masks(names, kind):
+    X, Y = names.train
+    m = MLP(names.vocab.size, 3, 10, 64, seed=5, init="scaled")
+    batches = np.random.default_rng(1).integers(0, len(Y), (30, 32))
+    P = {k: v.copy() for k, v in m.params.items()}
+    kw = dict(optimizer="adamw", weight_decay=0.01, state=zeros_like(P, 2)) if kind == "adamw" else {}
+    losses = _core.train_steps(*(P[k] for k in PARAM_NAMES), X, Y, 32, np.full(30, 0.01, np.float32),
+                               _core.rng_state(0), batches, dropout=0.2, dropout_seed=9, step0=100, **kw)
+    # the same steps in PyTorch with the masks of global steps 100..129
+    import torch.nn.functional as F
+
+    T = ref.mlp_params(m.params, torch.float32)
+    opt = torch.optim.AdamW(list(T.values()), lr=0.01, weight_decay=0.01) if kind == "adamw" else \
+        torch.optim.SGD(list(T.values()), lr=0.01)
+    tl = []
+    for s, ix in enumerate(batches):
+        mask = torch.tensor(_core.dropout_mask(9, 100 + s, 32, 64, 0.2))
+        emb = T["C"][torch.tensor(X[ix], dtype=torch.long)]
+        h = torch.tanh(emb.reshape(32, -1) @ T["W1"] + T["b1"]) * mask
+        loss = F.cross_entropy(h @ T["W2"] + T["b2"], torch.tensor(Y[ix], dtype=torch.long))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        tl.append(loss.item())
+    np.testing.assert_allclose(losses, tl, rtol=0, atol=2e-5)  # as in the trajectory tests
+    for k in PARAM_NAMES:
+        normwise_close(P[k], T[k].detach().numpy(), 2e-5, k)

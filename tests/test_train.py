@@ -106,10 +106,13 @@ def test_train_writes_everything(tmp_path, words_file):
     assert len(m["dev_curve"]) == 3
 
 
-def test_resume_is_bit_exact(tmp_path, words_file):
-    full = small_cfg(tmp_path / "a", words_file, max_steps=2000)
+@pytest.mark.parametrize("opt", [{}, {"optimizer": "adamw", "learning_rate": 0.003, "weight_decay": 0.1},
+                                 {"momentum": 0.9, "nesterov": True, "learning_rate": 0.02},
+                                 {"optimizer": "adamw", "learning_rate": 0.003, "dropout": 0.2}])
+def test_resume_is_bit_exact(tmp_path, words_file, opt):
+    full = small_cfg(tmp_path / "a", words_file, max_steps=2000, **opt)
     train(full, progress=False, log=lambda s: None)
-    half = small_cfg(tmp_path / "b", words_file, max_steps=1000)
+    half = small_cfg(tmp_path / "b", words_file, max_steps=1000, **opt)
     train(half, progress=False, log=lambda s: None)
     half.max_steps = 2000
     train(half, resume=True, progress=False, log=lambda s: None)
@@ -118,6 +121,10 @@ def test_resume_is_bit_exact(tmp_path, words_file):
         np.testing.assert_array_equal(a.model.params[k], b.model.params[k])
     np.testing.assert_array_equal(a.loss_history, b.loss_history)
     np.testing.assert_array_equal(a.rng_state, b.rng_state)
+    assert len(a.optimizer_state) == len(b.optimizer_state) == (10 if opt.get("optimizer") == "adamw" else
+                                                                 5 if opt else 0)
+    for x, y in zip(a.optimizer_state, b.optimizer_state):
+        np.testing.assert_array_equal(x, y)
 
 
 def test_resume_refuses_another_model(tmp_path, words_file):

@@ -118,9 +118,11 @@ class MLP:
         """Mean cross-entropy over all of X, Y, evaluated in chunks (no (N, V) buffer)."""
         return float(_core.mlp_loss(*self._arrays(), self._indices(X, "X", 2), self._indices(Y, "Y", 1)))
 
-    def loss_and_grad(self, X, Y) -> Tuple[float, Dict[str, np.ndarray]]:
-        """Mean loss of one batch and its gradients, under the names and shapes of ``params``."""
-        out = _core.mlp_loss_and_grad(*self._arrays(), self._indices(X, "X", 2), self._indices(Y, "Y", 1))
+    def loss_and_grad(self, X, Y, dropout_mask=None) -> Tuple[float, Dict[str, np.ndarray]]:
+        """Mean loss of one batch and its gradients, under the names and shapes of ``params``.
+        dropout_mask: optional (N, n_hidden) float32 multipliers for the hidden layer."""
+        out = _core.mlp_loss_and_grad(*self._arrays(), self._indices(X, "X", 2), self._indices(Y, "Y", 1),
+                                      dropout_mask)
         return float(out[0]), dict(zip(PARAM_NAMES, out[1:]))
 
     def sgd_step(self, grads: Dict[str, np.ndarray], lr: float) -> None:

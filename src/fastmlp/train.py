@@ -50,6 +50,7 @@ class TrainConfig:
     beta1: float = 0.9              # AdamW
     beta2: float = 0.999
     weight_decay: float = 0.0       # SGD: g += wd * p; AdamW: decoupled, p *= 1 - lr * wd
+    dropout: float = 0.0            # inverted dropout on the hidden layer while training
     batch_size: int = 32
     max_steps: int = 200_000
     learning_rate: float = 0.1
@@ -85,6 +86,8 @@ class TrainConfig:
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if not math.isfinite(self.weight_decay) or self.weight_decay < 0:
             raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
         if self.lr_schedule not in SCHEDULES:
@@ -285,7 +288,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
             _core.set_num_threads(threads)
             t0 = time.perf_counter()
             losses = _core.train_steps(*P, X, Y, cfg.batch_size, lrs, rng_state, **opt_kw,
-                                       **({"state": opt_state, "opt_step": opt_step} if opt_kw else {}))
+                                       **({"state": opt_state, "opt_step": opt_step} if opt_kw else {}),
+                                       dropout=cfg.dropout, dropout_seed=cfg.seed, step0=step)
             dt = time.perf_counter() - t0
             _core.set_num_threads(all_threads)  # evaluation always uses every thread
             chooser.record(threads, dt / max(len(losses), 1))
@@ -359,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--weight-decay", type=float, help="sgd: L2 added to the gradient; adamw: decoupled decay")
     g.add_argument("--beta1", type=float, help="adamw: first-moment decay (0.9)")
     g.add_argument("--beta2", type=float, help="adamw: second-moment decay (0.999)")
+    g.add_argument("--dropout", type=float, help="dropout probability on the hidden layer (0: none)")
     g.add_argument("-b", "--batch-size", type=int, help="minibatch size (lecture: 32)")
     g.add_argument("--max-steps", type=int, help="SGD steps in total (lecture: 200000)")
     g.add_argument("-l", "--learning-rate", type=float, help="initial learning rate (lecture: 0.1)")

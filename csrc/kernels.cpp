@@ -944,11 +944,16 @@ inline void apply_dropout(const Dropout& dr, const Layout& L, int64_t B, StepWor
     const float* h = ws.h + i * Hp;
     float* hd = ws.hd + i * Hp;
     float* dt = ws.dt + i * Hp;
+    // branch-free loops, so the compiler vectorises the hash
+    if (dr.mask) {
+      for (int j = 0; j < H; ++j) dt[j] = dr.mask[i * H + j];
+    } else {
+      const uint32_t base = (uint32_t)(i * H);
+      for (int j = 0; j < H; ++j) dt[j] = mix32((base + (uint32_t)j) ^ dr.key) >= threshold ? keep_scale : 0.f;
+    }
+    for (int j = H; j < Hp; ++j) dt[j] = 0.f;
     for (int j = 0; j < Hp; ++j) {
-      float s = 0.f;
-      if (j < H)
-        s = dr.mask ? dr.mask[i * H + j]
-                    : (mix32((uint32_t)(i * H + j) ^ dr.key) >= threshold ? keep_scale : 0.f);
+      const float s = dt[j];
       hd[j] = h[j] * s;
       dt[j] = s * (1.f - h[j] * h[j]);
     }

@@ -324,3 +324,25 @@ def test_lecture_recipe_reaches_dev_2_19(tmp_path):
     m = train(TrainConfig(work_dir=str(tmp_path)), progress=False, log=lambda s: None)  # the defaults
     assert m["steps"] == 200_000
     assert m["dev_loss"] <= 2.19, m["dev_loss"]  # the lecture reached 2.17
+
+
+def test_presets_are_valid_configs():
+    from fastmlp.train import PRESETS, build_parser, config_from_args
+
+    for name in PRESETS:
+        cfg = config_from_args(build_parser().parse_args(["--preset", name]))
+        cfg.check()
+    cfg = config_from_args(build_parser().parse_args(["--preset", "best", "--max-steps", "7"]))
+    assert cfg.max_steps == 7 and cfg.n_hidden == 1024  # flags override the preset
+
+
+@pytest.mark.slow
+def test_best_preset_beats_2_00(tmp_path):
+    # issue 5's acceptance: one hidden layer, dev <= 2.00 (~40 s on 2 cores)
+    path = os.environ.get("FASTMLP_DATA")
+    if not path or not Path(path).is_file():
+        pytest.skip("names.txt not available (set FASTMLP_DATA)")
+    from fastmlp.train import PRESETS
+
+    m = train(TrainConfig(work_dir=str(tmp_path), **PRESETS["best"]), progress=False, log=lambda s: None)
+    assert m["dev_loss"] <= 2.00, m["dev_loss"]

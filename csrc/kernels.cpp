@@ -1114,69 +1114,18 @@ inline void optimizer_share(const PadWeights& W, const PadWeights& G, const PadW
   }
 }
 
-// train_steps with an optimizer: gradients into buffers, then the optimizer's update.
-int64_t train_steps_optim(const MutParams& P, const Dims& d, const TrainArgs& a) {
-  const Layout L = layout_of(d);
-  const OptimArgs& o = *a.opt;
-  PaddedCopy M(Params{P.C, P.W1, P.b1, P.W2, P.b2}, L);  // C (and C's state below) updated in place
-  PaddedCopy S1(Params{o.m.C, o.m.W1, o.m.b1, o.m.W2, o.m.b2}, L);
-  const MutParams& second = o.kind == kAdamW ? o.v : o.m;  // momentum has one state tensor
-  PaddedCopy S2(Params{second.C, second.W1, second.b1, second.W2, second.b2}, L);
-  PaddedCopy G(L);
-  StepWork ws;
-  const int64_t B = a.batch_size;
-  ws.prepare(L, B);
-  int64_t done = 0;
-  if (a.steps > 0) {
-    sample_batch(a, L, 0, ws.Xb[0], ws.Yb[0], ws.ix);
-    gather(M.w.C, L.E, ws.Xb[0], B * L.T, ws.emb);
-  }
-#ifdef _OPENMP
-#pragma omp parallel if (use_team(L, B))
-#endif
-  for (int64_t s = 0; s < a.steps; ++s) {
-    const float lr = a.lrs[s];
-    const int cur = (int)(s & 1), nxt = cur ^ 1;
-    const bool more = s + 1 < a.steps;
-    const double loss = step_team(M.w, &G.w, lr, L, B, ws.Yb[cur], ws, step_dropout(a, s));
-    if (!__builtin_isfinite(loss)) {  // every thread sees the same loss: all leave together
-#ifdef _OPENMP
-#pragma omp single
-#endif
-      {
-        a.losses[s] = (float)loss;
-        done = s;
-      }
-      break;
-    }
-#ifdef _OPENMP
-#pragma omp single
-#endif
-    {
-      a.losses[s] = (float)loss;
-      finish_step(M.w, &G.w, 0.f, L, B, ws.Xb[cur], ws);  // G.C = dC
-      if (more) sample_batch(a, L, s + 1, ws.Xb[nxt], ws.Yb[nxt], ws.ix);
-    }
-    optimizer_share(M.w, G.w, S1.w, S2.w, L, o, lr, o.step + s + 1);
-#ifdef _OPENMP
-#pragma omp barrier
-#pragma omp single
-#endif
-    {
-      if (more) gather(M.w.C, L.E, ws.Xb[nxt], B * L.T, ws.emb);
-      done = s + 1;
-    }
-  }
-  M.copy_out(L, P);
-  S1.copy_out(L, o.m);
-  if (o.kind == kAdamW) S2.copy_out(L, o.v);
-  return done;
-}
+inline Params params_of(const MutParams& p) { return {p.C, p.W1, p.b1, p.W2, p.b2}; }
 
 int64_t train_steps(const MutParams& P, const Dims& d, const TrainArgs& a) {
-  if (a.opt) return train_steps_optim(P, d, a);
   const Layout L = layout_of(d);
-  PaddedCopy M(Params{P.C, P.W1, P.b1, P.W2, P.b2}, L);  // C is updated in place
+  PaddedCopy M(params_of(P), L);  // C (and C's optimizer state below) is updated in place
+  // With an optimizer the gradients go to G, then its update runs with state S1
+  // (momentum buffers or AdamW's m) and S2 (AdamW's v). Plain SGD needs neither:
+  // its update is fused into the gradient products.
+  const OptimArgs* o = a.opt;
+  PaddedCopy* G = o ? new PaddedCopy(L) : nullptr;
+  PaddedCopy* S1 = o ? new PaddedCopy(params_of(o->m), L) : nullptr;
+  PaddedCopy* S2 = o && o->kind == kAdamW ? new PaddedCopy(params_of(o->v), L) : nullptr;
   StepWork ws;
   const int64_t B = a.batch_size;
   ws.prepare(L, B);
@@ -1192,7 +1141,8 @@ int64_t train_steps(const MutParams& P, const Dims& d, const TrainArgs& a) {
   for (int64_t s = 0; s < a.steps; ++s) {
     const float lr = a.lrs[s];
     const int cur = (int)(s & 1), nxt = cur ^ 1;
-    const double loss = step_team(M.w, nullptr, lr, L, B, ws.Yb[cur], ws, step_dropout(a, s));
+    const bool more = s + 1 < a.steps;
+    const double loss = step_team(M.w, G ? &G->w : nullptr, lr, L, B, ws.Yb[cur], ws, step_dropout(a, s));
     if (!__builtin_isfinite(loss)) {  // every thread sees the same loss: all leave together
 #ifdef _OPENMP
 #pragma omp single
@@ -1203,8 +1153,26 @@ int64_t train_steps(const MutParams& P, const Dims& d, const TrainArgs& a) {
       }
       break;
     }
-    const bool more = s + 1 < a.steps;
-    if (wide) {
+    if (G) {
+      // dC on one thread while the others wait, then the update on the whole team
+#ifdef _OPENMP
+#pragma omp single
+#endif
+      {
+        a.losses[s] = (float)loss;
+        finish_step(M.w, &G->w, 0.f, L, B, ws.Xb[cur], ws);  // G.C = dC
+        if (more) sample_batch(a, L, s + 1, ws.Xb[nxt], ws.Yb[nxt], ws.ix);
+      }
+      optimizer_share(M.w, G->w, S1->w, (S2 ? S2 : S1)->w, L, *o, lr, o->step + s + 1);
+#ifdef _OPENMP
+#pragma omp barrier
+#pragma omp single
+#endif
+      {
+        if (more) gather(M.w.C, L.E, ws.Xb[nxt], B * L.T, ws.emb);
+        done = s + 1;
+      }
+    } else if (wide) {
       // the embedding update on the whole team while one thread draws the next batch
       finish_step_share(M.w, lr, L, B, ws.Xb[cur], ws);
 #ifdef _OPENMP
@@ -1241,6 +1209,11 @@ int64_t train_steps(const MutParams& P, const Dims& d, const TrainArgs& a) {
     }
   }
   M.copy_out(L, P);
+  if (S1) S1->copy_out(L, o->m);
+  if (S2) S2->copy_out(L, o->v);
+  delete G;
+  delete S1;
+  delete S2;
   return done;
 }
 

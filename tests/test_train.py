@@ -127,6 +127,17 @@ def test_resume_is_bit_exact(tmp_path, words_file, opt):
         np.testing.assert_array_equal(x, y)
 
 
+def test_same_seed_same_parameters(tmp_path, words_file):
+    # the same seed gives bit-identical parameters (whatever threads the chooser picked)
+    runs = [train(small_cfg(tmp_path / str(i), words_file, max_steps=1500), progress=False, log=lambda s: None)
+            for i in range(2)]
+    a, b = (ckpt_io.load(r["checkpoint"]) for r in runs)
+    for k in PARAM_NAMES:
+        np.testing.assert_array_equal(a.model.params[k], b.model.params[k])
+    other = train(small_cfg(tmp_path / "x", words_file, max_steps=1500, seed=7), progress=False, log=lambda s: None)
+    assert not np.array_equal(ckpt_io.load(other["checkpoint"]).model.params["W1"], a.model.params["W1"])
+
+
 def test_resume_refuses_another_model(tmp_path, words_file):
     cfg = small_cfg(tmp_path, words_file, max_steps=100)
     train(cfg, progress=False, log=lambda s: None)

@@ -22,6 +22,19 @@ def _pyplot():
     return plt
 
 
+def _finish(fig, ax, path, xlabel: str, ylabel: str, title: str, legend: bool = True) -> Path:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if legend:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    _pyplot().close(fig)
+    return Path(path)
+
+
 def plot_loss(losses, path, dev_curve=(), window: int = 1000) -> Path:
     """log10 of the minibatch loss against step, as the lecture plots it, with its running
     mean over `window` steps and the dev loss at each evaluation."""
@@ -40,15 +53,7 @@ def plot_loss(losses, path, dev_curve=(), window: int = 1000) -> Path:
     if len(dev_curve):
         s, d = zip(*dev_curve)
         ax.plot(s, np.log10(d), "o-", color="C3", ms=3, label="dev loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("log10(loss)")
-    ax.set_title("training loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return _finish(fig, ax, path, "step", "log10(loss)", "training loss")
 
 
 def plot_lr_find(exponents, losses, path, suggested_lr=None) -> Path:
@@ -62,15 +67,7 @@ def plot_lr_find(exponents, losses, path, suggested_lr=None) -> Path:
         ax.plot(exponents[k // 2: k // 2 + len(smooth)], smooth, lw=1.8, label=f"running mean ({k})")
     if suggested_lr:
         ax.axvline(np.log10(suggested_lr), color="C3", ls="--", label=f"suggested lr {suggested_lr:.3g}")
-    ax.set_xlabel("log10(learning rate)")
-    ax.set_ylabel("loss")
-    ax.set_title("learning-rate sweep")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return _finish(fig, ax, path, "log10(learning rate)", "loss", "learning-rate sweep")
 
 
 def embedding_2d(C: np.ndarray) -> np.ndarray:
@@ -94,14 +91,8 @@ def plot_embedding(C, itos, path) -> Path:
     ax.scatter(xy[:, 0], xy[:, 1], s=200, c="C0", alpha=0.35)
     for (x, y), ch in zip(xy, itos):
         ax.text(x, y, ch, ha="center", va="center", color="black", fontsize=11)
-    ax.set_title("character embeddings" + (" (first two principal components)" if pca else ""))
-    ax.set_xlabel("PC 1" if pca else "C[:, 0]")
-    ax.set_ylabel("PC 2" if pca else "C[:, 1]")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return _finish(fig, ax, path, "PC 1" if pca else "C[:, 0]", "PC 2" if pca else "C[:, 1]",
+                   "character embeddings" + (" (first two principal components)" if pca else ""), legend=False)
 
 
 def main(argv=None) -> int:

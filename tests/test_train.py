@@ -146,6 +146,14 @@ def test_resume_refuses_another_model(tmp_path, words_file):
         train(cfg, resume=True, progress=False, log=lambda s: None)
 
 
+def test_resume_refuses_another_vocabulary(tmp_path, words_file):
+    train(small_cfg(tmp_path, words_file, max_steps=100), progress=False, log=lambda s: None)
+    other = tmp_path / "other.txt"
+    other.write_text("\n".join(w + "q" for w in make_words()) + "\n")  # one more character
+    with pytest.raises(ckpt_io.CheckpointError, match="another vocabulary"):
+        train(small_cfg(tmp_path, other, max_steps=200), resume=True, progress=False, log=lambda s: None)
+
+
 def test_divergence_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, words_file):
     cfg = small_cfg(tmp_path, words_file, max_steps=500, eval_interval=100)
     train(cfg, progress=False, log=lambda s: None)

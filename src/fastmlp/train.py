@@ -311,7 +311,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
             opt_step += n
             chunk = int(min(max(0.25 * n / max(dt, 1e-9), 100), 50_000))  # ~0.25 s per chunk
             bar.update(n)
-            postfix = {"loss": f"{float(np.mean(losses[-100:])):.4f}", "lr": f"{lrs[-1]:.3g}"}
+            postfix = {"loss": f"{recent:.4f}", "lr": f"{lrs[-1]:.3g}"}
             if step % cfg.eval_interval == 0 or step == cfg.max_steps:
                 dev = model.loss(*ds.dev)
                 dev_curve.append((step, dev))

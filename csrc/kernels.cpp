@@ -48,8 +48,8 @@ constexpr int GEMM_MR = 6;  // rows of a register tile
 constexpr int GEMM_NV = 4;  // registers per tile row
 #elif defined(__AVX2__)
 constexpr int VW = 8;
-constexpr int GEMM_MR = 4;
-constexpr int GEMM_NV = 3;
+constexpr int GEMM_MR = 6;
+constexpr int GEMM_NV = 2;
 #else
 constexpr int VW = 4;
 constexpr int GEMM_MR = 4;

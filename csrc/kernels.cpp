@@ -205,6 +205,17 @@ inline int max_threads() {
 #endif
 }
 
+// A contiguous share of [0, n) for this thread of the team (all of it outside a team).
+inline void my_share(int64_t n, int64_t* begin, int64_t* end) {
+#ifdef _OPENMP
+  const int64_t nt = omp_get_num_threads(), id = omp_get_thread_num();
+#else
+  const int64_t nt = 1, id = 0;
+#endif
+  *begin = n * id / nt;
+  *end = n * (id + 1) / nt;
+}
+
 // Threads pay off only above this many multiply-adds per product: below it the
 // fork/join costs more than the arithmetic (measured: benchmarks/bench_kernels.py).
 constexpr int64_t kParallelMacs = 1 << 20;
@@ -309,8 +320,9 @@ inline const float* pad_columns(const float* B, int64_t ldb, int K, int N, Buf& 
   return P;
 }
 
-// A product split into tasks (register tiles): task t covers rows [i0, i0 + MR) of
-// column block cb. Every output element belongs to exactly one task.
+// One product's operands. Every output element is computed by one register tile,
+// accumulating over K in order, whatever the tiling: results do not depend on how
+// rows are shared out.
 struct GemmPlan {
   int64_t M;
   int N, K;
@@ -322,51 +334,43 @@ struct GemmPlan {
   int64_t ldc;
   const float* ep;
   float alpha;
-  int64_t row_blocks, tasks;
 };
 
 inline GemmPlan plan(int64_t M, int N, int K, const float* A, int64_t sai, int64_t sap, const float* B, int64_t ldb,
                      float* C, int64_t ldc, const float* ep, float alpha) {
-  const int64_t row_blocks = M > 0 ? (M + GEMM_MR - 1) / GEMM_MR : 0;
-  const int64_t col_blocks = N > 0 ? (N + GEMM_NV * VW - 1) / (GEMM_NV * VW) : 0;
-  return {M, N, K, A, sai, sap, B, ldb, C, ldc, ep, alpha, row_blocks, row_blocks * col_blocks};
+  return {M, N, K, A, sai, sap, B, ldb, C, ldc, ep, alpha};
 }
 
+// Rows [r0, r1) of the product, all column blocks, in tiles of GEMM_MR rows.
 template <int EPI>
-inline void run_task(const GemmPlan& g, int64_t t) {
+inline void gemm_rows(const GemmPlan& g, int64_t r0, int64_t r1) {
   const int cols_per_block = GEMM_NV * VW;
-  const int64_t cb = t / g.row_blocks, rb = t % g.row_blocks;  // column block outer: B block stays in cache
-  const int64_t i0 = rb * GEMM_MR;
-  const int j0 = (int)(cb * cols_per_block);
-  const int mr = (int)min64(GEMM_MR, g.M - i0);
-  const int ncols = g.N - j0 < cols_per_block ? g.N - j0 : cols_per_block;
-  const int nv = (ncols + VW - 1) / VW;
-  const float* ept = EPI == kTanhGrad || EPI == kMul ? g.ep + i0 * g.ldc + j0 : (g.ep ? g.ep + j0 : nullptr);
-  gemm_tile_any<EPI>(mr, nv, g.K, g.A + i0 * g.sai, g.sai, g.sap, g.B + j0, g.ldb, g.C + i0 * g.ldc + j0, g.ldc,
-                     ncols, ept, g.alpha);
+  for (int j0 = 0; j0 < g.N; j0 += cols_per_block) {  // column block outer: B block stays in cache
+    const int ncols = g.N - j0 < cols_per_block ? g.N - j0 : cols_per_block;
+    const int nv = (ncols + VW - 1) / VW;
+    for (int64_t i0 = r0; i0 < r1; i0 += GEMM_MR) {
+      const int mr = (int)min64(GEMM_MR, r1 - i0);
+      const float* ept = EPI == kTanhGrad || EPI == kMul ? g.ep + i0 * g.ldc + j0 : (g.ep ? g.ep + j0 : nullptr);
+      gemm_tile_any<EPI>(mr, nv, g.K, g.A + i0 * g.sai, g.sai, g.sap, g.B + j0, g.ldb, g.C + i0 * g.ldc + j0, g.ldc,
+                         ncols, ept, g.alpha);
+    }
+  }
 }
 
-// All tasks on the calling thread.
-template <int EPI>
-inline void gemm_serial(const GemmPlan& g) {
-  for (int64_t t = 0; t < g.tasks; ++t) run_task<EPI>(g, t);
-}
-
-// Tasks shared out over the current OpenMP team (an orphaned `omp for`: serial when
-// called outside a parallel region). NOWAIT skips the barrier at the end.
+// The rows of the product shared out over the current OpenMP team, in equal
+// contiguous ranges (serial outside a team). NOWAIT skips the barrier at the end.
+// Row ranges keep the work balanced and let a thread go on with the same rows of
+// the next product without waiting for the others.
 template <int EPI, bool NOWAIT = false>
 inline void gemm_team(const GemmPlan& g) {
-  if constexpr (NOWAIT) {
+  int64_t r0, r1;
+  my_share(g.M, &r0, &r1);
+  gemm_rows<EPI>(g, r0, r1);
 #ifdef _OPENMP
-#pragma omp for schedule(static) nowait
-#endif
-    for (int64_t t = 0; t < g.tasks; ++t) run_task<EPI>(g, t);
-  } else {
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-    for (int64_t t = 0; t < g.tasks; ++t) run_task<EPI>(g, t);
+  if constexpr (!NOWAIT) {
+#pragma omp barrier
   }
+#endif
 }
 
 // A standalone product: pads B if needed (b_padded: it already has readable zero
@@ -378,7 +382,7 @@ void gemm(int64_t M, int N, int K, const float* A, int64_t sai, int64_t sap, con
   int64_t ld = ldb;
   const float* Bp = b_padded ? B : pad_columns(B, ldb, K, N, pack, &ld);
   const GemmPlan g = plan(M, N, K, A, sai, sap, Bp, ld, C, ldc, ep, alpha);
-  const bool parallel = max_threads() > 1 && M * (int64_t)N * K >= kParallelMacs && g.tasks > 1;
+  const bool parallel = max_threads() > 1 && M * (int64_t)N * K >= kParallelMacs && M > GEMM_MR;
 #ifdef _OPENMP
 #pragma omp parallel if (parallel)
 #endif
@@ -769,8 +773,8 @@ inline float* forward_rows(const PadWeights& W, const Layout& L, const int32_t* 
   float* h = ws.h.get((size_t)(n * L.Hp));
   float* logits = ws.logits.get((size_t)(n * L.Vp));
   gather(W.C, L.E, X, n * L.T, emb);
-  gemm_serial<kBiasTanh>(plan(n, L.Hp, L.TE, emb, L.TE, 1, W.W1, L.Hp, h, L.Hp, W.b1, 1.f));
-  gemm_serial<kBias>(plan(n, L.Vp, L.H, h, L.Hp, 1, W.W2, L.Vp, logits, L.Vp, W.b2, 1.f));
+  gemm_rows<kBiasTanh>(plan(n, L.Hp, L.TE, emb, L.TE, 1, W.W1, L.Hp, h, L.Hp, W.b1, 1.f), 0, n);
+  gemm_rows<kBias>(plan(n, L.Vp, L.H, h, L.Hp, 1, W.W2, L.Vp, logits, L.Vp, W.b2, 1.f), 0, n);
   return logits;
 }
 
@@ -831,8 +835,10 @@ double mlp_loss_sum(const Params& P, const Dims& d, const int32_t* X, const int3
 // Workspace of one training step (or one loss_and_grad call), reused across steps.
 // Allocated before any parallel region: inside one, threads only use the pointers.
 struct StepWork {
-  Buf b_emb, b_h, b_logits, b_dlogits, b_dpre, b_demb, b_w1t, b_w2t, b_dC, b_loss, b_X[2], b_Y[2], b_ix, b_hd, b_dt;
+  Buf b_emb, b_h, b_logits, b_dlogits, b_dpre, b_demb, b_w1t, b_w2t, b_dC, b_loss, b_X[2], b_Y[2], b_ix, b_hd, b_dt,
+      b_colsum;
   float *emb, *h, *logits, *dlogits, *dpre, *demb, *w1t, *w2t, *dC, *row_loss;
+  float* colsum;  // the bias gradients' column sums, (Vp + Hp)
   float *hd, *dt;  // dropout: h * mask and mask * (1 - h^2), (B, Hp)
   int32_t *Xb[2], *Yb[2];  // two batches: the next one is drawn while the current one is finished
   int64_t* ix;              // the example indices of a batch
@@ -849,6 +855,7 @@ struct StepWork {
     memset(w2t, 0, sizeof(float) * L.V * L.Hp);
     dC = b_dC.get((size_t)L.V * L.E);
     row_loss = b_loss.get((size_t)B);
+    colsum = b_colsum.get((size_t)(L.Vp + L.Hp));
     hd = b_hd.get((size_t)(B * L.Hp));
     dt = b_dt.get((size_t)(B * L.Hp));
     ix = (int64_t*)b_ix.get((size_t)(2 * B));  // int64 = two floats
@@ -858,17 +865,6 @@ struct StepWork {
     }
   }
 };
-
-// A contiguous share of [0, n) for this thread of the team (all of it outside a team).
-inline void my_share(int64_t n, int64_t* begin, int64_t* end) {
-#ifdef _OPENMP
-  const int64_t nt = omp_get_num_threads(), id = omp_get_thread_num();
-#else
-  const int64_t nt = 1, id = 0;
-#endif
-  *begin = n * id / nt;
-  *end = n * (id + 1) / nt;
-}
 
 inline void transpose_share(const float* in, int64_t ldi, int rows, float* out, int64_t ldo, int cols) {
   int64_t b, e;
@@ -931,16 +927,13 @@ struct Dropout {
   bool on() const { return p > 0.f || mask != nullptr; }
 };
 
-// hd = h * s and dt = s * (1 - h^2) for this thread's rows, s the mask multiplier:
+// hd = h * s and dt = s * (1 - h^2) for rows [r0, r1), s the mask multiplier:
 // 1/(1-p) for a kept unit, 0 for a dropped one (and for the pad columns).
-inline void apply_dropout(const Dropout& dr, const Layout& L, int64_t B, StepWork& ws) {
+inline void apply_dropout(const Dropout& dr, const Layout& L, int64_t r0, int64_t r1, StepWork& ws) {
   const int H = L.H, Hp = L.Hp;
   const uint32_t threshold = (uint32_t)((double)dr.p * 4294967296.0);
   const float keep_scale = 1.f / (1.f - dr.p);
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-  for (int64_t i = 0; i < B; ++i) {
+  for (int64_t i = r0; i < r1; ++i) {
     const float* h = ws.h + i * Hp;
     float* hd = ws.hd + i * Hp;
     float* dt = ws.dt + i * Hp;
@@ -960,61 +953,83 @@ inline void apply_dropout(const Dropout& dr, const Layout& L, int64_t B, StepWor
   }
 }
 
+// Forward and backward of one batch (Yb, with ws.emb gathered), run by every thread
+// of the current OpenMP team (or by one thread outside a team). Each thread owns a
+// contiguous range of the batch's rows and takes them through the forward pass, the
+// loss and the row-wise part of the backward pass without waiting for the others;
+// the weight gradients, which sum over all rows, are shared out by weight rows.
+// Every output element is computed by one thread in a fixed order, so results do not
+// depend on the number of threads. Two barriers a step.
+// G given: gradients are written to G (padded layout). G null: the SGD update
+// W -= lr * grad is applied in place, fused into the weight-gradient products.
+// Returns the mean loss (the same value on every thread); if it is not finite,
+// nothing is updated. On return this thread's share of the weight products is done,
+// but not necessarily the other threads': callers synchronise before reusing ws.emb
+// or reading the new weights. demb is complete (all rows) on return.
 double step_team(const PadWeights& W, const PadWeights* G, float lr, const Layout& L, int64_t B, const int32_t* Yb,
                  StepWork& ws, const Dropout& dr = Dropout()) {
   const int TE = L.TE, H = L.H, V = L.V, Hp = L.Hp, Vp = L.Vp, TEp = L.TEp;
-  // forward: h = tanh(emb W1 + b1); [hd = h * dropout mask]; logits = hd W2 + b2
-  gemm_team<kBiasTanh>(plan(B, Hp, TE, ws.emb, TE, 1, W.W1, Hp, ws.h, Hp, W.b1, 1.f));
+  int64_t r0, r1;
+  my_share(B, &r0, &r1);
+
+  // this thread's rows: h = tanh(emb W1 + b1); [hd = h * mask]; logits = hd W2 + b2; loss rows
+  const GemmPlan fwd1 = plan(B, Hp, TE, ws.emb, TE, 1, W.W1, Hp, ws.h, Hp, W.b1, 1.f);
+  gemm_rows<kBiasTanh>(fwd1, r0, r1);
   const float* hout = ws.h;  // what the output layer sees
   if (dr.on()) {
-    apply_dropout(dr, L, B, ws);
+    apply_dropout(dr, L, r0, r1, ws);
     hout = ws.hd;
   }
-  gemm_team<kBias>(plan(B, Vp, H, hout, Hp, 1, W.W2, Vp, ws.logits, Vp, W.b2, 1.f));
-
-  // loss and dlogits, one row per task; meanwhile the transposed weights for backward
+  gemm_rows<kBias>(plan(B, Vp, H, hout, Hp, 1, W.W2, Vp, ws.logits, Vp, W.b2, 1.f), r0, r1);
+  const float scale = 1.0f / (float)B;
+  for (int64_t i = r0; i < r1; ++i)  // pads of dlogits: 0 (they take part in products below)
+    ws.row_loss[i] = xent_row_padded(ws.logits + i * Vp, Yb[i], V, ws.dlogits + i * Vp, scale);
+  // and a share of the transposed weights the backward pass reads
   transpose_share(W.W2, Vp, H, ws.w2t, Hp, V);   // W2T (V, Hp) = W2 (H, Vp)^T
   transpose_share(W.W1, Hp, TE, ws.w1t, TEp, H);  // W1T (H, TEp) = W1 (TE, Hp)^T
-  const float scale = 1.0f / (float)B;
 #ifdef _OPENMP
-#pragma omp for schedule(static)
+#pragma omp barrier
 #endif
-  for (int64_t i = 0; i < B; ++i) {
-    float* d = ws.dlogits + i * Vp;
-    ws.row_loss[i] = xent_row_padded(ws.logits + i * Vp, Yb[i], V, d, scale);  // pads of d: 0
-  }
   double loss = 0.0;  // every thread sums the same numbers in the same order
   for (int64_t i = 0; i < B; ++i) loss += ws.row_loss[i];
   loss /= (double)B;
   if (!__builtin_isfinite(loss)) return loss;
 
-  // backward; every product reads the weights before their update (or their transposed copies)
+  // backward, this thread's rows: dpre = (dlogits W2^T) * tanh'; demb = dpre W1^T
+  // (both read the transposed copies, made before any weight changes)
+  const GemmPlan back1 = plan(B, Hp, V, ws.dlogits, Vp, 1, ws.w2t, Hp, ws.dpre, Hp, dr.on() ? ws.dt : ws.h, 1.f);
   if (dr.on())
-    gemm_team<kMul, true>(plan(B, Hp, V, ws.dlogits, Vp, 1, ws.w2t, Hp, ws.dpre, Hp, ws.dt, 1.f));
+    gemm_rows<kMul>(back1, r0, r1);
   else
-    gemm_team<kTanhGrad, true>(plan(B, Hp, V, ws.dlogits, Vp, 1, ws.w2t, Hp, ws.dpre, Hp, ws.h, 1.f));
+    gemm_rows<kTanhGrad>(back1, r0, r1);
+  gemm_rows<kStore>(plan(B, TEp, H, ws.dpre, Hp, 1, ws.w1t, TEp, ws.demb, TEp, nullptr, 1.f), r0, r1);
+  // W2's gradient sums over all rows: shared out by W2's rows
   if (G) {
     gemm_team<kStore, true>(plan(H, Vp, (int)B, hout, 1, Hp, ws.dlogits, Vp, G->W2, Vp, nullptr, 1.f));
     column_sums_share(ws.dlogits, B, Vp, Vp, G->b2, nullptr, 0.f);
   } else {
     gemm_team<kAccumScaled, true>(plan(H, Vp, (int)B, hout, 1, Hp, ws.dlogits, Vp, W.W2, Vp, nullptr, -lr));
-    column_sums_share(ws.dlogits, B, Vp, Vp, ws.logits, W.b2, lr);  // logits is free: scratch for db2
+    column_sums_share(ws.dlogits, B, Vp, Vp, ws.colsum, W.b2, lr);
   }
 #ifdef _OPENMP
 #pragma omp barrier
 #endif
-  gemm_team<kStore, true>(plan(B, TEp, H, ws.dpre, Hp, 1, ws.w1t, TEp, ws.demb, TEp, nullptr, 1.f));
+  // W1's gradient needs every row of dpre
   if (G) {
     gemm_team<kStore, true>(plan(TE, Hp, (int)B, ws.emb, 1, TE, ws.dpre, Hp, G->W1, Hp, nullptr, 1.f));
     column_sums_share(ws.dpre, B, Hp, Hp, G->b1, nullptr, 0.f);
   } else {
     gemm_team<kAccumScaled, true>(plan(TE, Hp, (int)B, ws.emb, 1, TE, ws.dpre, Hp, W.W1, Hp, nullptr, -lr));
-    column_sums_share(ws.dpre, B, Hp, Hp, ws.h, W.b1, lr);  // h is no longer read once dpre is done
+    column_sums_share(ws.dpre, B, Hp, Hp, ws.colsum + Vp, W.b1, lr);
   }
-#ifdef _OPENMP
-#pragma omp barrier
-#endif
   return loss;
+}
+
+// This thread's rows of the batch's embeddings, gathered from C.
+inline void gather_share(const PadWeights& W, const Layout& L, int64_t B, const int32_t* Xb, StepWork& ws) {
+  int64_t r0, r1;
+  my_share(B, &r0, &r1);
+  gather(W.C, L.E, Xb + r0 * L.T, (r1 - r0) * L.T, ws.emb + r0 * L.TE);
 }
 
 // The embedding table's part of the backward pass, on one thread: dC = scatter(demb),
@@ -1153,8 +1168,10 @@ int64_t train_steps(const MutParams& P, const Dims& d, const TrainArgs& a) {
       }
       break;
     }
+    // then the embedding update and the next batch; each thread gathers its own rows
+    // of the next batch, the only rows its next forward pass reads
     if (G) {
-      // dC on one thread while the others wait, then the update on the whole team
+      // dC on one thread while the others finish their share of G, then the update
 #ifdef _OPENMP
 #pragma omp single
 #endif
@@ -1162,16 +1179,12 @@ int64_t train_steps(const MutParams& P, const Dims& d, const TrainArgs& a) {
         a.losses[s] = (float)loss;
         finish_step(M.w, &G->w, 0.f, L, B, ws.Xb[cur], ws);  // G.C = dC
         if (more) sample_batch(a, L, s + 1, ws.Xb[nxt], ws.Yb[nxt], ws.ix);
+        done = s + 1;
       }
       optimizer_share(M.w, G->w, S1->w, (S2 ? S2 : S1)->w, L, *o, lr, o->step + s + 1);
 #ifdef _OPENMP
 #pragma omp barrier
-#pragma omp single
 #endif
-      {
-        if (more) gather(M.w.C, L.E, ws.Xb[nxt], B * L.T, ws.emb);
-        done = s + 1;
-      }
     } else if (wide) {
       // the embedding update on the whole team while one thread draws the next batch
       finish_step_share(M.w, lr, L, B, ws.Xb[cur], ws);
@@ -1183,30 +1196,20 @@ int64_t train_steps(const MutParams& P, const Dims& d, const TrainArgs& a) {
         done = s + 1;
         if (more) sample_batch(a, L, s + 1, ws.Xb[nxt], ws.Yb[nxt], ws.ix);
       }
-      if (more) {  // gather the next batch from the updated C
-        int64_t r0, r1;
-        my_share(B * L.T, &r0, &r1);
-        gather(M.w.C, L.E, ws.Xb[nxt] + r0, r1 - r0, ws.emb + r0 * L.E);
-#ifdef _OPENMP
-#pragma omp barrier
-#endif
-      }
     } else {
-      // one thread: the embedding update, then the next batch (reads the updated C);
-      // the single's barrier keeps the others from starting the next step before it
+      // one thread: the embedding update and the next batch, while the others finish
+      // their share of W1's update; the single's barrier ends the step
 #ifdef _OPENMP
 #pragma omp single
 #endif
       {
         a.losses[s] = (float)loss;
         finish_step(M.w, nullptr, lr, L, B, ws.Xb[cur], ws);
-        if (more) {
-          sample_batch(a, L, s + 1, ws.Xb[nxt], ws.Yb[nxt], ws.ix);
-          gather(M.w.C, L.E, ws.Xb[nxt], B * L.T, ws.emb);
-        }
+        if (more) sample_batch(a, L, s + 1, ws.Xb[nxt], ws.Yb[nxt], ws.ix);
         done = s + 1;
       }
     }
+    if (more) gather_share(M.w, L, B, ws.Xb[nxt], ws);
   }
   M.copy_out(L, P);
   if (S1) S1->copy_out(L, o->m);

@@ -135,7 +135,7 @@ def test_trajectory_1000_steps_lecture_init(isa, small_names):
     batches = np.random.default_rng(2).integers(0, len(Y), (1000, 32))
     losses, P = run_fastmlp(m.params, X, Y, batches, 0.1)
     tl32, tp32 = ref.sgd_trajectory(m.params, X, Y, batches, 0.1)
-    tl64, tp64 = torch_sgd_float64(m.params, X, Y, batches, 0.1)
+    tl64, tp64 = ref.sgd_trajectory(m.params, X, Y, batches, 0.1, dtype=torch.float64)
     # The lecture's init (loss ~20, saturated tanh, lr 0.1) amplifies rounding: PyTorch
     # float32 itself drifts from the float64 trajectory by ~1e-2 in loss. fastmlp must stay
     # as close to the float64 truth as PyTorch float32 is (within 3x, plus 1e-4).
@@ -145,24 +145,6 @@ def test_trajectory_1000_steps_lecture_init(isa, small_names):
     for k in PARAM_NAMES:
         scale = np.abs(tp64[k]).max()
         assert np.abs(P[k] - tp64[k]).max() <= 3 * np.abs(tp32[k] - tp64[k]).max() + 1e-4 * scale, k
-
-
-def torch_sgd_float64(params, X, Y, batches, lr):
-    import torch.nn.functional as F
-    P = ref.mlp_params(params, torch.float64)
-    Xt, Yt = torch.tensor(X, dtype=torch.long), torch.tensor(Y, dtype=torch.long)
-    losses = []
-    for ix in batches:
-        ix = torch.tensor(ix, dtype=torch.long)
-        loss = F.cross_entropy(ref.mlp_logits(P, Xt[ix].numpy()), Yt[ix])
-        for p in P.values():
-            p.grad = None
-        loss.backward()
-        with torch.no_grad():
-            for p in P.values():
-                p -= lr * p.grad
-        losses.append(loss.item())
-    return np.array(losses), {k: v.detach().numpy() for k, v in P.items()}
 
 
 def test_per_call_api_follows_the_fused_loop(small_names):

@@ -74,23 +74,6 @@ def names():
     return fastmlp.data.make_dataset(words, block_size=3)
 
 
-def torch_training(params, X, Y, batches, lr, make_opt):
-    import torch.nn.functional as F
-
-    P = ref.mlp_params(params, torch.float32)
-    opt = make_opt(list(P.values()))
-    Xt, Yt = torch.tensor(X, dtype=torch.long), torch.tensor(Y, dtype=torch.long)
-    losses = []
-    for ix in batches:
-        ix = torch.tensor(ix, dtype=torch.long)
-        loss = F.cross_entropy(ref.mlp_logits(P, Xt[ix].numpy()), Yt[ix])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return np.array(losses), {k: v.detach().numpy() for k, v in P.items()}
-
-
 def zeros_like(params, copies):
     return [np.zeros_like(params[k]) for _ in range(copies) for k in PARAM_NAMES]
 
@@ -112,7 +95,7 @@ def test_training_loop_with_optimizer_matches_torch(isa, names, kind):
         make = lambda ps: torch.optim.SGD(ps, lr=lr, momentum=0.9, nesterov=nest, weight_decay=wd)
     losses = _core.train_steps(*(P[k] for k in PARAM_NAMES), X, Y, 32, np.full(200, lr, np.float32),
                                _core.rng_state(0), batches, **kw)
-    tl, tp = torch_training(m.params, X, Y, batches, lr, make)
+    tl, tp = ref.sgd_trajectory(m.params, X, Y, batches, lr, make_opt=make)
     # as in the SGD trajectory test: stable dynamics keep rounding differences at ~1e-6
     np.testing.assert_allclose(losses, tl, rtol=0, atol=2e-5)
     for k in PARAM_NAMES:

@@ -66,10 +66,12 @@ def mlp_loss_and_grad(params, X, Y, dtype=torch.float64):
     return loss.item(), {k: v.grad.numpy() for k, v in P.items()}
 
 
-def sgd_trajectory(params, X, Y, batches, lr):
-    """The lecture's training loop, verbatim in spirit, in float32 on given batch indices.
+def sgd_trajectory(params, X, Y, batches, lr, dtype=torch.float32, make_opt=None):
+    """The lecture's training loop on given batch indices: its manual SGD update
+    (p.data += -lr * p.grad), or a torch.optim optimizer from make_opt(params).
     Returns the per-step losses and the final parameters."""
-    P = mlp_params(params, torch.float32)
+    P = mlp_params(params, dtype)
+    opt = make_opt(list(P.values())) if make_opt else None
     Xt, Yt = torch.tensor(X, dtype=torch.long), torch.tensor(Y, dtype=torch.long)
     losses = []
     for ix in batches:
@@ -81,7 +83,10 @@ def sgd_trajectory(params, X, Y, batches, lr):
         for p in P.values():
             p.grad = None
         loss.backward()
-        for p in P.values():
-            p.data += -lr * p.grad
+        if opt:
+            opt.step()
+        else:
+            for p in P.values():
+                p.data += -lr * p.grad
         losses.append(loss.item())
     return np.array(losses), {k: v.detach().numpy() for k, v in P.items()}

@@ -44,3 +44,11 @@ def test_select_isa():
 def test_fma_peak_is_measured():
     one = fastmlp._core.fma_peak_gflops(1, 0.05)
     assert one > 1.0
+
+
+def test_python_m_fastmlp_lists_the_commands():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "fastmlp"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "fastmlp.train" in r.stdout and "fastmlp.sample" in r.stdout

@@ -12,6 +12,7 @@ from . import _core
 from ._core import get_num_threads, set_num_threads
 from .model import MLP
 from . import data
+from .data import load_dataset
 
 __version__ = _core.build_info()["version"]
 
@@ -22,4 +23,4 @@ def build_info() -> dict:
     return _core.build_info()
 
 
-__all__ = ["MLP", "build_info", "data", "get_num_threads", "set_num_threads", "__version__"]
+__all__ = ["MLP", "build_info", "data", "get_num_threads", "load_dataset", "set_num_threads", "__version__"]

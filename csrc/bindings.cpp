@@ -3,7 +3,6 @@
 // kernels are never handed memory they could read or write out of bounds.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
-#include <pybind11/stl.h>
 
 #include <atomic>
 #include <chrono>

@@ -1,4 +1,5 @@
 """fastmlp.data: finding and reading word lists, the vocabulary, (X, Y), the split."""
+import hashlib
 import os
 from pathlib import Path
 
@@ -57,20 +58,19 @@ def test_split_is_the_lectures(monkeypatch):
     assert random.getstate() == state  # the global random state is left alone
 
 
-def test_names_txt_split_sizes(names_path):
-    ds = data.load_dataset(names_path, block_size=3)
+def test_bundled_names_txt_is_makemores():
+    # the package ships names.txt: no download, no network, no environment variable
+    p = data.bundled_names()
+    assert hashlib.sha256(p.read_bytes()).hexdigest() == data.NAMES_SHA256
+
+
+def test_names_txt_split_sizes():
+    ds = data.load_dataset(block_size=3)  # the bundled copy (unless FASTMLP_DATA says otherwise)
+    assert ds.sha256 == data.words_sha256(data.load_words(data.bundled_names()))
     assert len(ds.words) == 32033
     assert ds.vocab.size == 27 and ds.vocab.itos[:3] == (".", "a", "b")
     assert ds.sizes == {"train": 182625, "dev": 22655, "test": 22866}
     assert ds.train[0].shape == (182625, 3)
-
-
-@pytest.fixture
-def names_path():
-    p = os.environ.get("FASTMLP_DATA")
-    if not p or not Path(p).is_file():
-        pytest.skip("names.txt not available (set FASTMLP_DATA)")
-    return p
 
 
 # -- files ----------------------------------------------------------------------
@@ -132,7 +132,6 @@ def test_unreadable_file(tmp_path):
 @pytest.fixture
 def isolated(tmp_path, monkeypatch):
     monkeypatch.delenv("FASTMLP_DATA", raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -140,49 +139,17 @@ def isolated(tmp_path, monkeypatch):
 def test_lookup_order(isolated, monkeypatch):
     explicit = write(isolated, "a\n", "explicit.txt")
     env = write(isolated, "b\n", "env.txt")
-    (isolated / "data").mkdir()
-    local = write(isolated / "data", "c\n", "names.txt")
     monkeypatch.setenv("FASTMLP_DATA", str(env))
     assert data.find_dataset(explicit) == explicit
     assert data.find_dataset() == env
     monkeypatch.delenv("FASTMLP_DATA")
-    assert data.find_dataset() == Path("data/names.txt")
-    local.unlink()
-    with pytest.raises(DataError, match="names.txt not found"):
-        data.find_dataset(download=False)
+    assert data.find_dataset() == data.bundled_names()
+    (isolated / "data").mkdir()  # a data/names.txt in the current folder is not looked at
+    write(isolated / "data", "c\n", "names.txt")
+    assert data.find_dataset() == data.bundled_names()
 
 
 def test_bad_env_path(isolated, monkeypatch):
     monkeypatch.setenv("FASTMLP_DATA", str(isolated / "missing.txt"))
     with pytest.raises(DataError, match="FASTMLP_DATA"):
         data.find_dataset()
-
-
-def test_offline_download_says_where_to_put_the_file(isolated):
-    # an unreachable address stands in for being offline
-    with pytest.raises(DataError, match="data/names.txt"):
-        data.download_names(url="http://127.0.0.1:9/names.txt", timeout=2)
-    assert not (isolated / "cache" / "fastmlp" / "names.txt").exists()
-
-
-def test_download_checks_sha256(isolated, monkeypatch):
-    import io
-    import urllib.request
-
-    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: io.BytesIO(b"mallory\n"))
-    with pytest.raises(DataError, match="SHA-256"):
-        data.download_names()
-    assert not (isolated / "cache" / "fastmlp" / "names.txt").exists()
-
-
-def test_download_into_cache_when_nothing_else(names_path, isolated, monkeypatch):
-    import io
-    import urllib.request
-
-    payload = Path(names_path).read_bytes()
-    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: io.BytesIO(payload))
-    p = data.find_dataset()
-    assert p == isolated / "cache" / "fastmlp" / "names.txt"
-    assert data.sha256_of(p) == data.NAMES_SHA256
-    monkeypatch.setattr(urllib.request, "urlopen", None)  # the cached copy is used from now on
-    assert data.find_dataset() == p

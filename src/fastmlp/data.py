@@ -1,25 +1,24 @@
 """Data: word lists, the vocabulary, (X, Y) examples and the lecture's split.
 
-The default data set is makemore's names.txt (32,033 names). It is found, in order:
-an explicit path, ``$FASTMLP_DATA``, ``data/names.txt`` in the current directory,
-then a copy downloaded into the user cache and checked against its SHA-256.
+The default data set is makemore's names.txt (32,033 names), installed inside the
+package. A word list is found, in order: an explicit path, ``$FASTMLP_DATA``, then
+the bundled names.txt.
 """
 from __future__ import annotations
 
 import hashlib
 import os
 import random
-import tempfile
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-NAMES_URL = "https://raw.githubusercontent.com/karpathy/makemore/master/names.txt"
 NAMES_SHA256 = "0a30b5557f192f32ab962680889aac5f6fda0f4cecf40a6d0b5694f58ea8cc4d"
 END = "."  # start/end symbol, index 0
+SPLIT_SEED = 42  # the lecture's random.seed(42)
+SPLIT_RULE = "random.Random(seed).shuffle(words); cut at int(0.8 n), int(0.9 n)"
 
 PathLike = Union[str, os.PathLike]
 
@@ -31,42 +30,17 @@ class DataError(ValueError):
 # ---------------------------------------------------------------------------
 # Finding and reading the file
 # ---------------------------------------------------------------------------
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "fastmlp"
+def bundled_names() -> Path:
+    """The names.txt installed with the package (makemore's, MIT; see data/README.md)."""
+    p = Path(__file__).resolve().parent / "names.txt"
+    if not p.is_file():
+        raise DataError(f"this fastmlp installation lacks its bundled names.txt ({p}); reinstall it with "
+                        "`pip install .`, or pass -i/--input-file")
+    return p
 
 
-def sha256_of(path: PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def download_names(dest: Optional[Path] = None, url: str = NAMES_URL, timeout: float = 30.0) -> Path:
-    """Downloads names.txt into the cache (atomically) and checks its SHA-256."""
-    dest = Path(dest) if dest else cache_dir() / "names.txt"
-    where = ("Put names.txt (SHA-256 " + NAMES_SHA256 + ") at data/names.txt, point FASTMLP_DATA at it, "
-             "or pass -i/--input-file.")
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            payload = r.read()
-    except Exception as e:  # offline, DNS, HTTP error, unwritable cache ...
-        raise DataError(f"could not download names.txt from {url} ({e}). {where}") from None
-    digest = hashlib.sha256(payload).hexdigest()
-    if digest != NAMES_SHA256:
-        raise DataError(f"downloaded names.txt has SHA-256 {digest}, expected {NAMES_SHA256}. {where}")
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".names.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(payload)
-    os.replace(tmp, dest)
-    return dest
-
-
-def find_dataset(path: Optional[PathLike] = None, download: bool = True) -> Path:
-    """Where the word list is: path, $FASTMLP_DATA, data/names.txt, the cache, or a download."""
+def find_dataset(path: Optional[PathLike] = None) -> Path:
+    """Where the word list is: path, $FASTMLP_DATA, or the bundled names.txt."""
     if path is not None:
         p = Path(path)
         if not p.is_file():
@@ -78,44 +52,49 @@ def find_dataset(path: Optional[PathLike] = None, download: bool = True) -> Path
         if not p.is_file():
             raise DataError(f"FASTMLP_DATA={env!r} does not name a file")
         return p
-    local = Path("data") / "names.txt"
-    if local.is_file():
-        return local
-    cached = cache_dir() / "names.txt"
-    if cached.is_file() and sha256_of(cached) == NAMES_SHA256:
-        return cached
-    if not download:
-        raise DataError("names.txt not found: pass a path, set FASTMLP_DATA, or put it at data/names.txt")
-    return download_names(cached)
+    return bundled_names()
+
+
+def parse_words(raw: bytes, where: str = "the word list") -> List[str]:
+    """Words from the bytes of a text file: UTF-8 (a byte-order mark is dropped), one word
+    per line. Lines end at '\n' (or '\r\n'), as text files do; other Unicode line
+    breaks are not line ends. Surrounding white space is stripped, blank lines skipped."""
+    if b"\x00" in raw:
+        raise DataError(f"{where} looks like a binary file (it contains NUL bytes), not a word list")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{where} is not valid UTF-8 (byte {e.start}: {raw[e.start:e.start + 1]!r})") from None
+    words = []
+    for lineno, line in enumerate(text.split("\n"), 1):
+        w = line.strip()
+        if not w:
+            continue
+        if END in w:
+            raise DataError(f"{where} line {lineno}: {w[:40]!r} contains {END!r}, which fastmlp reserves "
+                            "for start/end of word")
+        words.append(w)
+    if not words:
+        raise DataError(f"{where} holds no words (it is empty or blank)")
+    return words
 
 
 def load_words(path: Optional[PathLike] = None) -> List[str]:
-    """One word per line, UTF-8; surrounding white space (and Windows line ends) stripped,
-    blank lines skipped. Raises DataError for a missing, unreadable or empty file, and for
-    a word containing '.', which is reserved for start/end."""
+    """The words of a file (default: names.txt); see parse_words for the rules. Raises
+    DataError for a missing, unreadable, binary, non-UTF-8 or empty file, and for a word
+    containing '.', which is reserved for start/end."""
     p = find_dataset(path)
     try:
         raw = p.read_bytes()
     except OSError as e:
         raise DataError(f"cannot read {str(p)!r}: {e.strerror}") from None
-    if b"\x00" in raw:
-        raise DataError(f"{str(p)!r} looks like a binary file (it contains NUL bytes), not a word list")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{str(p)!r} is not valid UTF-8 (byte {e.start}: {raw[e.start:e.start + 1]!r})") from None
-    words = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        w = line.strip()
-        if not w:
-            continue
-        if END in w:
-            raise DataError(f"{str(p)!r} line {lineno}: {w[:40]!r} contains {END!r}, which fastmlp reserves "
-                            "for start/end of word")
-        words.append(w)
-    if not words:
-        raise DataError(f"{str(p)!r} holds no words (it is empty or blank)")
-    return words
+    return parse_words(raw, repr(str(p)))
+
+
+def words_sha256(words: Sequence[str]) -> str:
+    """A fingerprint of a word list's content (not of the file's bytes: line ends and
+    blank lines do not change it). Checkpoints keep it to recognise their data."""
+    return hashlib.sha256("\n".join(words).encode("utf-8")).hexdigest()
 
 
 # ---------------------------------------------------------------------------
@@ -198,7 +177,7 @@ def build_dataset(words: Sequence[str], vocab: Vocab, block_size: int) -> Tuple[
     return np.ascontiguousarray(X, dtype=np.int32), np.ascontiguousarray(Y, dtype=np.int32)
 
 
-def split_words(words: Sequence[str], seed: int = 42) -> Tuple[List[str], List[str], List[str]]:
+def split_words(words: Sequence[str], seed: int = SPLIT_SEED) -> Tuple[List[str], List[str], List[str]]:
     """The lecture's split: random.seed(42); random.shuffle(words); cut at 80% and 90%.
     Uses a private random.Random, so the global random state is left alone."""
     words = list(words)
@@ -222,20 +201,28 @@ class Dataset:
     dev: Tuple[np.ndarray, np.ndarray]
     test: Tuple[np.ndarray, np.ndarray]
 
+    split_seed: int = SPLIT_SEED
+
     @property
     def sizes(self) -> Dict[str, int]:
         return {"train": len(self.train[1]), "dev": len(self.dev[1]), "test": len(self.test[1])}
 
+    @property
+    def sha256(self) -> str:
+        """words_sha256 of all the words, in file order."""
+        return words_sha256(self.words)
 
-def make_dataset(words: Sequence[str], block_size: int = 3, seed: int = 42, path: Optional[str] = None) -> Dataset:
+
+def make_dataset(words: Sequence[str], block_size: int = 3, seed: int = SPLIT_SEED,
+                 path: Optional[str] = None) -> Dataset:
     words = list(words)
     vocab = Vocab.from_words(words)
     tr, dv, te = split_words(words, seed)
     return Dataset(path, words, vocab, block_size, tr, dv, te, build_dataset(tr, vocab, block_size),
-                   build_dataset(dv, vocab, block_size), build_dataset(te, vocab, block_size))
+                   build_dataset(dv, vocab, block_size), build_dataset(te, vocab, block_size), seed)
 
 
-def load_dataset(path: Optional[PathLike] = None, block_size: int = 3, seed: int = 42) -> Dataset:
+def load_dataset(path: Optional[PathLike] = None, block_size: int = 3, seed: int = SPLIT_SEED) -> Dataset:
     """Reads a word list (default: names.txt) and makes the lecture's three splits."""
     p = find_dataset(path)
     return make_dataset(load_words(p), block_size, seed, str(p))

@@ -21,6 +21,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -309,11 +310,12 @@ def main(argv=None) -> int:
     evals = interleaved(eval_runners, repeats)
     print(f"  eval (large, {len(Y):,} examples): " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in evals.items()))
 
-    # the lecture's recipe, and the fastest recipe to dev <= 2.17
-    recipe = train(TrainConfig(work_dir=str(Path(args.out) / "_lecture_run")), progress=False, log=lambda s: None,
-                   dataset=ds)
-    print(f"  lecture recipe: {recipe['seconds']:.2f} s training, dev {recipe['dev_loss']:.4f}")
-    fast = time_to_target(ds, Path(args.out) / "_fast_run")
+    # the lecture's recipe, and the fastest recipe to dev <= 2.17 (their run output is thrown away)
+    with tempfile.TemporaryDirectory() as tmp:
+        recipe = train(TrainConfig(work_dir=str(Path(tmp) / "lecture")), progress=False, log=lambda s: None,
+                       dataset=ds)
+        print(f"  lecture recipe: {recipe['seconds']:.2f} s training, dev {recipe['dev_loss']:.4f}")
+        fast = time_to_target(ds, Path(tmp) / "fast")
     print(f"  dev <= 2.17: {fast['seconds_to_target']} s with {fast['recipe']}")
 
     memory = None

@@ -1,28 +1,35 @@
 """Checkpoints: parameters, vocabulary, configuration and training state in one .npz.
 
-* Loading never executes code: numpy.load(..., allow_pickle=False); metadata is JSON.
-* Saving is atomic: a temporary file in the same folder, fsync, then os.replace, so a
-  save that is interrupted (Ctrl-C, kill, full disk) leaves the previous checkpoint intact.
+* Loading never executes code and never trusts the file: arrays are read with
+  allow_pickle=False, and every array's header (dtype, shape) is checked against the
+  stored configuration *before* the array is read, so a hand-edited or hostile file
+  cannot make the loader allocate gigabytes. Metadata is JSON, checked field by field.
+* Saving is atomic (fastmlp._files): an interrupted save leaves the previous
+  checkpoint intact.
+* A checkpoint is proportional to the model: the training words are not stored, only
+  a fingerprint of the data and the split rule (``data``), from which the sample
+  command rebuilds the training split to mark samples that are not new.
 * A missing, truncated, corrupt or mismatched file raises CheckpointError naming the problem.
 """
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 
+from ._files import atomic_write
 from .data import Vocab
 from .model import INITS, MLP, PARAM_NAMES
 
 FORMAT = "fastmlp-checkpoint"
-VERSION = 1
+VERSION = 2  # 1: training words stored in full, optimizer state as a list
 CHECKPOINT_NAME = "model.npz"
+MAX_ELEMENTS = 1 << 31  # no parameter array of a loadable model is larger
+MAX_TEXT_BYTES = 1 << 28  # metadata (and version 1's word list)
 
 
 class CheckpointError(ValueError):
@@ -34,104 +41,201 @@ class Checkpoint:
     model: MLP
     vocab: Vocab
     step: int = 0
-    rng_state: Optional[np.ndarray] = None    # (4,) uint64: the minibatch sampler's state
+    rng_state: Optional[np.ndarray] = None    # (4,) uint64, the minibatch sampler's state; None: not saved
     loss_history: Optional[np.ndarray] = None  # (step,) float32
     train_config: dict = field(default_factory=dict)
-    train_words: List[str] = field(default_factory=list)
     metrics: dict = field(default_factory=dict)
-    optimizer_state: List[np.ndarray] = field(default_factory=list)  # momentum buffers, or AdamW m then v
-    opt_step: int = 0                                                 # optimizer steps taken (AdamW)
+    # the data and split it was trained on: {"sha256", "path", "split_seed", "words"} (fastmlp.data)
+    data: dict = field(default_factory=dict)
+    # optimizer state by slot (torch.optim's names: momentum_buffer, exp_avg, exp_avg_sq),
+    # each slot shaped like the parameters: {slot: {"C": ..., "W1": ..., ...}}
+    optimizer_state: Dict[str, Dict[str, np.ndarray]] = field(default_factory=dict)
+    opt_step: int = 0                          # optimizer steps taken (AdamW's bias correction)
+    train_words: List[str] = field(default_factory=list)  # only from version-1 files
 
 
 def save(path, ckpt: Checkpoint) -> Path:
     """Writes ckpt to path atomically and returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    rng = None if ckpt.rng_state is None else np.asarray(ckpt.rng_state, np.uint64)
+    if rng is not None and (rng.shape != (4,) or not rng.any()):
+        raise ValueError("rng_state must be 4 uint64 words, not all zero (use fastmlp._core.rng_state(seed))")
+    model_cfg = dict(ckpt.model.config)
+    if ckpt.model.init is not None:
+        model_cfg["init"] = ckpt.model.init
     meta = {
-        "format": FORMAT, "version": VERSION, "model": dict(ckpt.model.config, init=ckpt.model.init),
-        "vocab": "".join(ckpt.vocab.itos), "step": int(ckpt.step), "train_config": ckpt.train_config,
-        "metrics": ckpt.metrics, "opt_step": int(ckpt.opt_step), "opt_tensors": len(ckpt.optimizer_state),
+        "format": FORMAT, "version": VERSION, "model": model_cfg, "vocab": "".join(ckpt.vocab.itos),
+        "step": int(ckpt.step), "train_config": ckpt.train_config, "metrics": ckpt.metrics, "data": ckpt.data,
+        "opt_step": int(ckpt.opt_step), "optimizer_slots": sorted(ckpt.optimizer_state),
     }
     arrays = {k: ckpt.model.params[k] for k in PARAM_NAMES}
-    arrays["meta"] = np.array(json.dumps(meta))
-    arrays["rng_state"] = (np.zeros(4, np.uint64) if ckpt.rng_state is None
-                           else np.asarray(ckpt.rng_state, np.uint64))
-    arrays["loss_history"] = (np.zeros(0, np.float32) if ckpt.loss_history is None
-                              else np.asarray(ckpt.loss_history, np.float32))
-    arrays["train_words"] = np.array("\n".join(ckpt.train_words))
-    for i, a in enumerate(ckpt.optimizer_state):
-        arrays[f"opt_{i}"] = a
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
+    arrays["meta"] = np.array(json.dumps(meta, allow_nan=False))
+    if rng is not None:
+        arrays["rng_state"] = rng
+    if ckpt.loss_history is not None:
+        arrays["loss_history"] = np.asarray(ckpt.loss_history, np.float32)
+    for slot, tensors in ckpt.optimizer_state.items():
+        for k in PARAM_NAMES:
+            arrays[f"opt.{slot}.{k}"] = np.asarray(tensors[k], np.float32)
+    return atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+# ---------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------
+class _Reader:
+    """Reads members of an .npz one at a time, checking each header first."""
+
+    def __init__(self, zf: zipfile.ZipFile, where: str):
+        self.zf, self.where = zf, where
+        self.names = {n[:-4] for n in zf.namelist() if n.endswith(".npy")}
+
+    def read(self, key: str, dtype, shape=None, max_len: Optional[int] = None) -> np.ndarray:
+        """The array `key`, which must have this dtype and shape (or, with max_len, be
+        1-D of at most max_len elements)."""
+        if key not in self.names:
+            raise CheckpointError(f"{self.where} lacks {key!r}")
+        with self.zf.open(key + ".npy") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            got_shape, fortran, got_dtype = read_header(f)
+            ok = got_dtype == np.dtype(dtype) and not fortran
+            if max_len is not None:
+                ok = ok and len(got_shape) == 1 and got_shape[0] <= max_len
+            elif shape is not None:
+                ok = ok and tuple(got_shape) == tuple(shape)
+            if not ok:
+                want = f"{np.dtype(dtype)}[<= {max_len}]" if max_len is not None else f"{np.dtype(dtype)}{list(shape)}"
+                raise CheckpointError(f"{self.where}: {key} is {got_dtype}{list(got_shape)}, expected {want}")
+        with self.zf.open(key + ".npy") as f:  # read_array reads the header again
+            a = np.lib.format.read_array(f, allow_pickle=False)
+        return np.ascontiguousarray(a)
+
+    def read_text(self, key: str) -> str:
+        """A 0-d string array (the JSON metadata), refused above MAX_TEXT_BYTES."""
+        if key not in self.names:
+            raise CheckpointError(f"{self.where} lacks {key!r}")
+        if self.zf.getinfo(key + ".npy").file_size > MAX_TEXT_BYTES:
+            raise CheckpointError(f"{self.where}: {key} is larger than {MAX_TEXT_BYTES >> 20} MB")
+        with self.zf.open(key + ".npy") as f:
+            a = np.lib.format.read_array(f, allow_pickle=False)
+        if a.dtype.kind != "U" or a.shape != ():
+            raise CheckpointError(f"{self.where}: {key} is not a string")
+        return str(a)
+
+
+def _int(meta: dict, key: str, where: str, lo: int = 0, default=None) -> int:
+    v = meta.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise CheckpointError(f"{where}: {key} must be an integer >= {lo}, got {v!r}")
+    return v
+
+
+def _dict(meta: dict, key: str, where: str) -> dict:
+    v = meta.get(key, {})
+    if not isinstance(v, dict):
+        raise CheckpointError(f"{where}: {key} must be a JSON object, got {type(v).__name__}")
+    return v
+
+
+def _check_metrics(metrics: dict, where: str) -> None:
+    curve = metrics.get("dev_curve", [])
+    ok = isinstance(curve, list) and all(
+        isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                             for x in p) for p in curve)
+    if not ok:
+        raise CheckpointError(f"{where}: metrics.dev_curve must be a list of [step, loss] pairs")
 
 
 def load(path) -> Checkpoint:
-    """Reads and checks a checkpoint written by save()."""
+    """Reads and checks a checkpoint written by save() (this version or version 1)."""
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT_NAME
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {str(path)!r}")
+    where = f"checkpoint {str(path)!r}"
     try:
-        with np.load(path, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, NotImplementedError) as e:
+        with zipfile.ZipFile(path) as zf:
+            return _load(_Reader(zf, where), where)
+    except CheckpointError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, NotImplementedError, RuntimeError,
+            UnicodeDecodeError, zipfile.LargeZipFile) as e:
         raise CheckpointError(f"{str(path)!r} is not a readable fastmlp checkpoint (truncated or corrupt?): "
                               f"{type(e).__name__}: {e}") from None
-    where = f"checkpoint {str(path)!r}"
-    missing = [k for k in PARAM_NAMES + ("meta",) if k not in data]
+
+
+def _load(r: _Reader, where: str) -> Checkpoint:
+    missing = [k for k in PARAM_NAMES + ("meta",) if k not in r.names]
     if missing:
         raise CheckpointError(f"{where} lacks {missing}: not a fastmlp checkpoint")
+    meta_arr = r.read_text("meta")
     try:
-        meta = json.loads(str(data["meta"]))
-    except (ValueError, TypeError) as e:
+        meta = json.loads(meta_arr)
+    except ValueError as e:
         raise CheckpointError(f"{where} has unreadable metadata: {e}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{where} is not a fastmlp checkpoint (format tag missing)")
-    if meta.get("version") != VERSION:
-        raise CheckpointError(f"{where} has format version {meta.get('version')!r}; this fastmlp reads {VERSION}")
+    version = meta.get("version")
+    if version not in (1, VERSION):
+        raise CheckpointError(f"{where} has format version {version!r}; this fastmlp reads 1 and {VERSION}")
+
+    # the configuration first: it fixes every array's shape
+    cfg = _dict(meta, "model", where)
+    V, T, E, H = (_int(cfg, k, where, lo=1) for k in ("vocab_size", "block_size", "n_embd", "n_hidden"))
+    shapes = {"C": (V, E), "W1": (T * E, H), "b1": (H,), "W2": (H, V), "b2": (V,)}
+    if max(int(np.prod(s)) for s in shapes.values()) > MAX_ELEMENTS:
+        raise CheckpointError(f"{where}: a model of (V, T, E, H) = {(V, T, E, H)} is larger than fastmlp loads")
+    itos = meta.get("vocab")
+    if not isinstance(itos, str):
+        raise CheckpointError(f"{where}: vocab must be a string of symbols")
     try:
-        vocab = Vocab(tuple(meta["vocab"]))
-        cfg = meta["model"]
-        model = MLP(int(cfg["vocab_size"]), int(cfg["block_size"]), int(cfg["n_embd"]), int(cfg["n_hidden"]),
-                    seed=0, init=cfg.get("init", "lecture") if cfg.get("init") in INITS else "lecture")
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{where} has an invalid configuration: {e}") from None
-    if vocab.size != model.vocab_size:
-        raise CheckpointError(f"{where}: vocabulary of {vocab.size} symbols but the model has vocab_size "
-                              f"{model.vocab_size}")
-    for k in PARAM_NAMES:
-        a = data[k]
-        want = model.params[k]
-        if a.dtype != np.float32 or a.shape != want.shape:
-            raise CheckpointError(f"{where}: {k} is {a.dtype}{list(a.shape)}, expected float32{list(want.shape)}")
+        vocab = Vocab(tuple(itos))
+    except ValueError as e:
+        raise CheckpointError(f"{where} has an invalid vocabulary: {e}") from None
+    if vocab.size != V:
+        raise CheckpointError(f"{where}: vocabulary of {vocab.size} symbols but the model has vocab_size {V}")
+    init = cfg.get("init")
+    step = _int(meta, "step", where, default=0)
+    opt_step = _int(meta, "opt_step", where, default=0)
+    train_config, metrics, data = _dict(meta, "train_config", where), _dict(meta, "metrics", where), \
+        _dict(meta, "data", where)
+    _check_metrics(metrics, where)
+
+    params = {k: r.read(k, np.float32, shapes[k]) for k in PARAM_NAMES}
+    for k, a in params.items():
         if not np.isfinite(a).all():
             raise CheckpointError(f"{where}: {k} contains NaN or inf")
-        model.params[k] = np.ascontiguousarray(a)
-    rng_state = data.get("rng_state")
-    if rng_state is not None and (rng_state.dtype != np.uint64 or rng_state.shape != (4,)):
-        raise CheckpointError(f"{where}: rng_state must be uint64[4]")
-    words = str(data["train_words"]) if "train_words" in data else ""
-    opt_state = []
-    for i in range(int(meta.get("opt_tensors", 0))):
-        a = data.get(f"opt_{i}")
-        want = model.params[PARAM_NAMES[i % len(PARAM_NAMES)]]
-        if a is None or a.dtype != np.float32 or a.shape != want.shape:
-            raise CheckpointError(f"{where}: optimizer state {i} is missing or does not match the parameters")
-        opt_state.append(np.ascontiguousarray(a))
-    return Checkpoint(model=model, vocab=vocab, step=int(meta.get("step", 0)), rng_state=rng_state,
-                      loss_history=data.get("loss_history"), train_config=meta.get("train_config", {}),
-                      train_words=words.split("\n") if words else [], metrics=meta.get("metrics", {}),
-                      optimizer_state=opt_state, opt_step=int(meta.get("opt_step", 0)))
+    model = MLP.from_params(params, copy=False, init=init if init in INITS else None)
+
+    rng_state = None
+    if "rng_state" in r.names:
+        rng_state = r.read("rng_state", np.uint64, (4,))
+        if not rng_state.any():
+            raise CheckpointError(f"{where}: rng_state is all zero, which is not a state of the sampler")
+    history = r.read("loss_history", np.float32, max_len=step) if "loss_history" in r.names else None
+
+    opt_state: Dict[str, Dict[str, np.ndarray]] = {}
+    train_words: List[str] = []
+    if version == 1:  # opt_0..opt_{n-1}: momentum buffers, or AdamW's m then v; words in full
+        n = _int(meta, "opt_tensors", where, default=0)
+        if n not in (0, 5, 10):
+            raise CheckpointError(f"{where}: opt_tensors must be 0, 5 or 10, got {n}")
+        slots = {5: ["momentum_buffer"], 10: ["exp_avg", "exp_avg_sq"]}.get(n, [])
+        for s, slot in enumerate(slots):
+            opt_state[slot] = {k: r.read(f"opt_{5 * s + i}", np.float32, shapes[k]) for i, k in enumerate(PARAM_NAMES)}
+        if "train_words" in r.names:
+            words = r.read_text("train_words")
+            train_words = words.split("\n") if words else []
+    else:
+        slots = meta.get("optimizer_slots", [])
+        if not isinstance(slots, list) or not all(isinstance(s, str) and s.isidentifier() for s in slots):
+            raise CheckpointError(f"{where}: optimizer_slots must be a list of names")
+        for slot in slots:
+            opt_state[slot] = {k: r.read(f"opt.{slot}.{k}", np.float32, shapes[k]) for k in PARAM_NAMES}
+    return Checkpoint(model=model, vocab=vocab, step=step, rng_state=rng_state, loss_history=history,
+                      train_config=train_config, metrics=metrics, data=data, optimizer_state=opt_state,
+                      opt_step=opt_step, train_words=train_words)

@@ -10,12 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from . import _core
 from . import checkpoint as ckpt_io
 from ._cli import run_cli
-from .data import Vocab
+from .data import SPLIT_SEED, DataError, Vocab, bundled_names, load_words, split_words, words_sha256
 from .model import MLP, PARAM_NAMES
 
 
@@ -31,11 +31,38 @@ def sample_words(model: MLP, vocab: Vocab, n: int = 20, seed: int = 0, temperatu
     return [vocab.decode(row) for row in out]
 
 
+def training_words(ck: ckpt_io.Checkpoint, input_file: Optional[str] = None) -> Tuple[Optional[set], str]:
+    """The checkpoint's training words, rebuilt from its data file and split rule (a
+    checkpoint stores only their fingerprint). Returns (words or None, why not)."""
+    if ck.train_words:  # a version-1 checkpoint kept them
+        return set(ck.train_words), ""
+    info = ck.data
+    if not info.get("sha256"):
+        return None, "the checkpoint does not record its data"
+    if input_file is None:
+        if info.get("bundled"):
+            input_file = bundled_names()
+        elif info.get("path"):
+            input_file = info["path"]
+        else:
+            return None, "the checkpoint does not say where its data is (pass -i)"
+    try:
+        words = load_words(input_file)
+    except DataError as e:
+        return None, f"{e} (pass -i with the training file)"
+    if words_sha256(words) != info["sha256"]:
+        return None, f"{str(input_file)!r} is not the file this model was trained on (its words differ)"
+    train, _, _ = split_words(words, int(info.get("split_seed", SPLIT_SEED)))
+    return set(train), ""
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m fastmlp.sample", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("-o", "--work-dir", default="out", help="folder holding model.npz")
     p.add_argument("--checkpoint", help="checkpoint file (default: WORK_DIR/model.npz)")
+    p.add_argument("-i", "--input-file", help="the word file the model was trained on, if it has moved "
+                                              "(to mark samples that are in the training set)")
     p.add_argument("-n", "--num-samples", type=int, default=20, help="how many words")
     p.add_argument("--seed", type=int, default=0, help="the same seed gives the same words")
     p.add_argument("--temperature", type=float, default=1.0, help="< 1: safer words, > 1: wilder")
@@ -54,13 +81,15 @@ def main(argv: Optional[list] = None) -> int:
         ck = ckpt_io.load(args.checkpoint or Path(args.work_dir) / ckpt_io.CHECKPOINT_NAME)
         words = sample_words(ck.model, ck.vocab, args.num_samples, args.seed, args.temperature, args.top_k,
                              args.max_len)
-        seen = set(ck.train_words)
-        lines = [w + (" (in train)" if w in seen else "") for w in words]
+        seen, why = training_words(ck, args.input_file)
+        lines = [w + (" (in train)" if seen is not None and w in seen else "") for w in words]
         sys.stdout.write("".join(line + "\n" for line in lines))
-        new = sum(w not in seen for w in words)
-        if words:
+        if words and seen is not None:
+            new = sum(w not in seen for w in words)
             print(f"{new} of {len(words)} samples ({100 * new / len(words):.0f}%) are new names, "
                   "not in the training set", file=sys.stderr)
+        elif words:
+            print(f"note: samples are not marked against the training set: {why}", file=sys.stderr)
         return 0
 
     return run_cli(parser, body)

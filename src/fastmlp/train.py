@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import signal
 import sys
@@ -27,6 +26,7 @@ import numpy as np
 from . import _core
 from . import checkpoint as ckpt_io
 from ._cli import add_common_args, fail, run_cli
+from ._files import atomic_write, atomic_write_json, to_json
 from .data import Dataset, load_dataset
 from .model import MLP, PARAM_NAMES
 
@@ -141,6 +141,27 @@ def optimizer_arguments(cfg: TrainConfig) -> dict:
     return {"optimizer": "adamw", "beta1": cfg.beta1, "beta2": cfg.beta2, "weight_decay": cfg.weight_decay}
 
 
+SLOT_ORDER = ["momentum_buffer", "exp_avg", "exp_avg_sq"]  # torch.optim's names for the state
+
+
+def named_slots(opt_state: list, cfg: TrainConfig) -> dict:
+    """train_steps' list of state arrays (5 momentum buffers, or AdamW's 5 m then 5 v) by name."""
+    if not opt_state:
+        return {}
+    slots = ["exp_avg", "exp_avg_sq"] if cfg.optimizer == "adamw" else ["momentum_buffer"]
+    return {slot: dict(zip(PARAM_NAMES, opt_state[5 * i:5 * i + 5])) for i, slot in enumerate(slots)}
+
+
+def data_info(ds: Dataset) -> dict:
+    """What a checkpoint records of its data: enough to recognise it and rebuild the split."""
+    from .data import SPLIT_RULE, bundled_names
+
+    bundled = ds.path is not None and Path(ds.path).resolve() == bundled_names().resolve()
+    return {"sha256": ds.sha256, "path": None if bundled or ds.path is None else str(Path(ds.path).resolve()),
+            "bundled": bundled, "words": len(ds.words), "split_seed": ds.split_seed, "split_rule": SPLIT_RULE,
+            "split_words": [len(ds.train_words), len(ds.dev_words), len(ds.test_words)]}
+
+
 def evaluate(model: MLP, ds: Dataset, splits=("train", "dev")) -> dict:
     """Mean loss of whole splits (C++, in chunks, all threads)."""
     return {name: model.loss(*getattr(ds, name)) for name in splits}
@@ -238,7 +259,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
                                           f"{have}, but this run asks for {want}")
         model, step = ck.model, ck.step
         rng_state = np.array(ck.rng_state, dtype=np.uint64)
-        opt_state, opt_step = ck.optimizer_state, ck.opt_step
+        opt_state = [ck.optimizer_state[slot][k] for slot in sorted(ck.optimizer_state, key=SLOT_ORDER.index)
+                     for k in PARAM_NAMES]
+        opt_step = ck.opt_step
         history = [np.asarray(ck.loss_history, np.float32)]
         log(f"resuming from {ckpt_path} at step {step:,}")
     else:
@@ -264,8 +287,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
         return ckpt_io.save(ckpt_path, ckpt_io.Checkpoint(
             model=model, vocab=ds.vocab, step=step, rng_state=rng_state,
             loss_history=np.concatenate(history) if history else None,
-            train_config=dataclasses.asdict(cfg), train_words=ds.train_words, metrics=metrics or {},
-            optimizer_state=opt_state, opt_step=opt_step))
+            train_config=dataclasses.asdict(cfg), data=data_info(ds), metrics=metrics or {},
+            optimizer_state=named_slots(opt_state, cfg), opt_step=opt_step))
 
     P = [model.params[k] for k in PARAM_NAMES]
     # the loss before any update (or a uniform guess's, if larger): twice it means divergence
@@ -337,15 +360,18 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
     }
     checkpoint(metrics)
     all_losses = np.concatenate(history) if history else np.zeros(0, np.float32)
-    np.save(work / "loss_history.npy", all_losses)
-    (work / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    atomic_write(work / "loss_history.npy", lambda f: np.save(f, all_losses))
+    atomic_write_json(work / "metrics.json", metrics)
+    written = [ckpt_io.CHECKPOINT_NAME, "metrics.json", "loss_history.npy"]
     try:
         from .plots import plot_embedding, plot_loss
 
         plot_loss(all_losses, work / "loss.png", dev_curve=dev_curve)
         plot_embedding(model.params["C"], ds.vocab.itos, work / "embedding.png")
+        written += ["loss.png", "embedding.png"]
     except ImportError as e:
-        log(f"note: {e}; skipped loss.png")
+        log(f"note: {e}; skipped loss.png and embedding.png")
+    metrics["files"] = written
     return metrics
 
 
@@ -410,12 +436,12 @@ def main(argv=None) -> int:
         except TrainingDiverged as e:
             fail(str(e), code=3)
         if args.json:
-            print(json.dumps(m))
+            print(to_json(m))
         say(f"train loss {m['train_loss']:.4f} | dev loss {m['dev_loss']:.4f}"
             + (f" | test loss {m['test_loss']:.4f}" if m["test_loss"] is not None else "")
             + f" | {m['steps']:,} steps in {m['seconds']:.1f} s"
             + (f" ({m['us_per_step']:.1f} us/step)" if m["us_per_step"] else ""))
-        say(f"wrote {m['checkpoint']}, metrics.json, loss_history.npy, loss.png, embedding.png in {m['work_dir']}")
+        say(f"wrote {', '.join(m['files'])} in {m['work_dir']}")
         if m["interrupted"]:
             say(f"interrupted at step {m['steps']:,}: continue with --resume -o {m['work_dir']}")
             return 130

@@ -12,7 +12,7 @@ changes the model.
 from __future__ import annotations
 
 import math
-from typing import Dict, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -54,8 +54,6 @@ class MLP:
             raise ValueError(f"vocab_size must be >= 2 ('.' and at least one character), got {V}")
         if init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {init!r}")
-        self.vocab_size, self.block_size, self.n_embd, self.n_hidden = V, T, E, H
-        self.init = init
         rng = np.random.default_rng(seed)
         f32 = np.float32
         C = rng.standard_normal((V, E), dtype=f32)
@@ -68,7 +66,68 @@ class MLP:
             b1 *= f32(0.01)
             W2 *= f32(0.01)
             b2[:] = 0
-        self.params: Dict[str, np.ndarray] = {"C": C, "W1": W1, "b1": b1, "W2": W2, "b2": b2}
+        self._set(V, T, E, H, {"C": C, "W1": W1, "b1": b1, "W2": W2, "b2": b2}, init)
+
+    def _set(self, V, T, E, H, params, init):
+        self.vocab_size, self.block_size, self.n_embd, self.n_hidden = V, T, E, H
+        self.init = init  # how the parameters were first drawn (None: unknown, e.g. from PyTorch)
+        self.params: Dict[str, np.ndarray] = params
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, "np.typing.ArrayLike"], copy: bool = True,
+                    init: Optional[str] = None) -> "MLP":
+        """A model from its five arrays (C, W1, b1, W2, b2, any float dtype), with no random
+        initialisation; the sizes are read off the shapes. copy=False keeps float32
+        C-contiguous arrays as they are (the model then writes into them)."""
+        missing = [k for k in PARAM_NAMES if k not in params]
+        if missing:
+            raise KeyError(f"params is missing {missing}; a model needs {PARAM_NAMES}")
+        arrays = {}
+        for k in PARAM_NAMES:
+            a = np.asarray(params[k])
+            if a.dtype.kind != "f":
+                raise TypeError(f"{k} must hold floating-point numbers, got dtype {a.dtype}")
+            a = np.array(a, dtype=np.float32, order="C", copy=True) if copy else np.ascontiguousarray(a, np.float32)
+            if not np.isfinite(a).all():
+                raise ValueError(f"{k} contains NaN or inf")
+            arrays[k] = a
+        C, W1, b1, W2, b2 = (arrays[k] for k in PARAM_NAMES)
+        if C.ndim != 2 or W1.ndim != 2 or W2.ndim != 2 or b1.ndim != 1 or b2.ndim != 1:
+            raise ValueError("params must be C (V, E), W1 (T*E, H), b1 (H,), W2 (H, V), b2 (V,); got "
+                             + ", ".join(f"{k} {arrays[k].shape}" for k in PARAM_NAMES))
+        V, E = C.shape
+        TE, H = W1.shape
+        if V < 2 or E < 1 or H < 1 or TE < E or TE % E:
+            raise ValueError(f"C {C.shape} and W1 {W1.shape} do not fit: need V >= 2 and W1 with a multiple of "
+                             f"E = {E} rows")
+        for k, want in (("b1", (H,)), ("W2", (H, V)), ("b2", (V,))):
+            if arrays[k].shape != want:
+                raise ValueError(f"{k} must have shape {want} to fit C {C.shape} and W1 {W1.shape}, "
+                                 f"got {arrays[k].shape}")
+        if init is not None and init not in INITS:
+            raise ValueError(f"init must be one of {INITS} or None, got {init!r}")
+        model = object.__new__(cls)
+        model._set(V, TE // E, E, H, arrays, init)
+        return model
+
+    # -- PyTorch in and out --------------------------------------------------
+    def to_torch(self):
+        """A torch.nn.Module (fastmlp.torch_module.TorchMLP) holding copies of the parameters
+        and computing the same logits: module(X) for X (N, block_size) int64 indices."""
+        from .torch_module import TorchMLP
+
+        return TorchMLP.from_arrays(self.params)
+
+    @classmethod
+    def from_torch(cls, module_or_state_dict) -> "MLP":
+        """The model back from a TorchMLP (or any module or state_dict with tensors C, W1,
+        b1, W2, b2 of the same shapes); values are copied bit for bit."""
+        state = module_or_state_dict.state_dict() if hasattr(module_or_state_dict, "state_dict") \
+            else module_or_state_dict
+        missing = [k for k in PARAM_NAMES if k not in state]
+        if missing:
+            raise KeyError(f"the PyTorch state lacks {missing}; fastmlp needs {PARAM_NAMES}")
+        return cls.from_params({k: state[k].detach().cpu().numpy() for k in PARAM_NAMES})
 
     # -- information ---------------------------------------------------------
     @property

@@ -84,12 +84,11 @@ def cpu_name() -> str:
 # ---------------------------------------------------------------------------
 def bench_fastmlp(cfg: Config, X, Y, V, threads):
     m = MLP(V, cfg.block_size, cfg.n_embd, cfg.n_hidden, init="scaled")
-    P = [m.params[k] for k in PARAM_NAMES]
     state = _core.rng_state(0)
 
     def run(n):
-        fastmlp.set_num_threads(threads)
-        _core.train_steps(*P, X, Y, cfg.batch_size, np.full(n, 0.01, np.float32), state)
+        _core.train_steps(m.arrays(), X, Y, np.full(n, 0.01, np.float32), batch_size=cfg.batch_size,
+                          rng_state=state, threads=threads)
 
     return run
 
@@ -284,7 +283,6 @@ def main(argv=None) -> int:
             rows.append({"config": cname, "impl": impl, "threads": threads, "us": seconds * 1e6,
                          "gflops": cfg.flops(V) / seconds / 1e9})
             print(f"  {cname:8s} {impl:28s} threads={threads}: {seconds * 1e6:9.1f} us/step", flush=True)
-        fastmlp.set_num_threads(default_threads)
         if "torch" in have:
             torch.set_num_threads(torch_default_threads)
 
@@ -357,17 +355,15 @@ MEMORY_SCRIPT = """
 import json, numpy as np
 from fastmlp import MLP, _core
 from fastmlp.data import load_dataset
-from fastmlp.model import PARAM_NAMES
 def rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096 / 2**20
 X, Y = load_dataset(block_size=3).train
 m = MLP(27, 3, 10, 200, init="scaled")
-P = [m.params[k] for k in PARAM_NAMES]
 state = _core.rng_state(0)
 out = {"rss_mb_start": rss()}
 for i in range(100):
-    _core.train_steps(*P, X, Y, 32, np.full(10_000, 0.01, np.float32), state)
+    _core.train_steps(m.arrays(), X, Y, np.full(10_000, 0.01, np.float32), batch_size=32, rng_state=state)
     if i == 9:
         out["rss_mb_after_100k"] = rss()
 out["rss_mb_after_1m"] = rss()

@@ -1,6 +1,9 @@
-// Picks the fastest kernel build that this CPU can run. The choice is made
-// once, on first use, and can be overridden with FASTMLP_ISA=generic|avx2|avx512
-// (for tests that compare builds, or to rule out a dispatch problem).
+// Picks the fastest kernel build that this CPU can run. The choice is made once, on
+// first use (thread-safe), from FASTMLP_ISA=generic|avx2|avx512|auto or the CPU; tests
+// may switch builds with select_kernels. The active table is an atomic pointer: a call
+// reads it once at its start and keeps that table to its end, so switching never races
+// with a kernel that is running.
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 
@@ -44,24 +47,23 @@ const KernelTable* pick(const char* name) {
   return nullptr;
 }
 
-const KernelTable* initial() {
-  const KernelTable* t = pick(std::getenv("FASTMLP_ISA"));
-  return t ? t : pick(nullptr);  // an unknown FASTMLP_ISA falls back to auto (the bindings warn)
+std::atomic<const KernelTable*>& active() {
+  // an unknown FASTMLP_ISA falls back to auto (fastmlp/__init__.py warns about it)
+  static std::atomic<const KernelTable*> table{[] {
+    const KernelTable* t = pick(std::getenv("FASTMLP_ISA"));
+    return t ? t : pick(nullptr);
+  }()};
+  return table;
 }
-
-const KernelTable* g_active = nullptr;
 
 }  // namespace
 
-const KernelTable& active_kernels() {
-  if (!g_active) g_active = initial();
-  return *g_active;
-}
+const KernelTable& active_kernels() { return *active().load(std::memory_order_acquire); }
 
 bool select_kernels(const char* name) {
   const KernelTable* t = pick(name);
   if (!t) return false;
-  g_active = t;
+  active().store(t, std::memory_order_release);
   return true;
 }
 

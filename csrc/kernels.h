@@ -4,7 +4,8 @@
 // copy exports one KernelTable of plain function pointers; dispatch.cpp picks
 // the table at run time. Everything here is plain C data: no inline functions
 // or templates that two ISA builds could both emit (the linker would keep one
-// copy, possibly with instructions the CPU lacks).
+// copy, possibly with instructions the CPU lacks). The kernels themselves are in
+// the *-inl.h headers, by family (see kernels.cpp).
 //
 // Conventions: float32, row-major, contiguous. Shapes use
 //   N examples, T = block_size, E = n_embd, H = n_hidden, V = vocab size.
@@ -37,36 +38,45 @@ struct MutParams {
   float* b2;
 };
 
+// How one kernel call runs, and what it reports back. (No default member initializers:
+// they would make an inline constructor that every ISA build emits; write Exec{n, 0, 0}.)
+struct Exec {
+  int threads;     // OpenMP threads this call may use (a per-call setting, never process-wide)
+  int bad_index;   // out: an index read during the call was out of range (another thread
+                   // changed an array after the bindings checked it); the call's results are void
+  int stopped;     // out: train_steps returned early because *stop became nonzero
+};
+
 // Optimizers beyond plain SGD, with the update rules of torch.optim.SGD (momentum,
-// Nesterov, weight decay) and torch.optim.AdamW.
+// Nesterov, weight decay) and torch.optim.AdamW. The bindings check every field.
 enum OptimizerKind : int { kMomentum = 1, kAdamW = 2 };
-struct OptimArgs {
-  int kind;             // OptimizerKind
-  float momentum;       // kMomentum (0 gives SGD with weight decay)
+struct Optimizer {
+  int kind;             // OptimizerKind (kMomentum with momentum 0: SGD with weight decay)
+  float momentum;       // kMomentum
   bool nesterov;        // kMomentum
   float beta1, beta2;   // kAdamW
   float eps;            // kAdamW
   float weight_decay;   // kMomentum: g += wd * p; kAdamW: p *= 1 - lr * wd
   int64_t step;         // optimizer steps taken before this call (AdamW's bias correction)
-  MutParams m;          // state, in the parameters' layout: momentum buffers / AdamW first moments
-  MutParams v;          // AdamW second moments (unused for kMomentum)
+  MutParams slot[2];    // state in the parameters' layout: momentum_buffer | exp_avg, exp_avg_sq
 };
 
 // Arguments of the fused training loop (train_steps).
 struct TrainArgs {
-  const int32_t* X;        // (N, T) training contexts
-  const int32_t* Y;        // (N,)   training targets
-  int64_t n_examples;      // N
-  int batch_size;          // B
-  int64_t steps;           // number of SGD steps to run
-  const float* lrs;        // (steps,) learning rate of each step
-  const int64_t* batches;  // (steps, B) explicit example indices, or nullptr to sample
-  uint64_t* rng_state;     // (4,) xoshiro256** state, advanced in place when sampling
-  float* losses;           // (steps,) out: minibatch loss before each update
-  const OptimArgs* opt;    // nullptr: plain SGD, fused into the gradient products
-  float dropout;           // probability of dropping each hidden unit (inverted dropout); 0 = off
-  uint64_t dropout_seed;   // masks depend on (dropout_seed, step0 + step, unit) only
-  int64_t step0;           // global index of the first step of this call
+  const int32_t* X;           // (N, T) training contexts
+  const int32_t* Y;           // (N,)   training targets
+  int64_t n_examples;         // N
+  int batch_size;             // B
+  int64_t steps;              // number of steps to run
+  const float* lrs;           // (steps,) learning rate of each step
+  const int64_t* batches;     // (steps, B) explicit example indices, or nullptr to sample
+  uint64_t* rng_state;        // (4,) xoshiro256** state, never all zero; advanced when sampling
+  float* losses;              // (steps,) out: minibatch loss before each update
+  const Optimizer* opt;       // nullptr: plain SGD, fused into the gradient products
+  float dropout;              // probability of dropping each hidden unit (inverted dropout); 0 = off
+  uint64_t dropout_seed;      // masks depend on (dropout_seed, step0 + step, unit) only
+  int64_t step0;              // global index of the first step of this call
+  const volatile int32_t* stop;  // polled between steps: nonzero returns early (Ctrl-C); may be null
 };
 
 // Arguments of the batched sampler.
@@ -79,52 +89,51 @@ struct SampleArgs {
   int32_t* out;            // (n_samples, max_len) out: character indices, 0-terminated
 };
 
+// Every entry takes an Exec: its thread count, and where it reports an index that went
+// out of range during the call. Entries throw std::bad_alloc when memory runs out (never
+// from inside a parallel region).
 struct KernelTable {
   const char* isa;
   int vector_width;  // floats per SIMD register in this build
 
   // emb (N, T*E) = C[X]                         C (V, E), X (N, T)
-  void (*embedding_forward)(const float* C, const int32_t* X, float* emb, int64_t N, int T, int E);
-  // dC (V, E) += scatter of d_emb (N, T*E) by X; in example order, so repeats accumulate deterministically
-  void (*embedding_backward)(const float* d_emb, const int32_t* X, float* dC, int64_t N, int T, int E);
-
+  void (*embedding_forward)(const float* C, const int32_t* X, float* emb, int64_t N, int T, int E, int V, Exec& ex);
+  // dC (V, E) = scatter-add of d_emb (N, T*E) by X, in example order (repeats accumulate deterministically)
+  void (*embedding_backward)(const float* d_emb, const int32_t* X, float* dC, int64_t N, int T, int E, int V,
+                             Exec& ex);
   // y (N, M) = x (N, K) @ W (K, M) + b (M,), then tanh if apply_tanh
-  void (*linear_forward)(const float* x, const float* W, const float* b, float* y, int64_t N, int K,
-                         int M, bool apply_tanh);
-  // From dy (N, M): dx (N, K) (skipped if null), dW (K, M), db (M,), all overwritten.
-  // If y_tanh is given, y = tanh(pre) was the forward output and dy is first multiplied by 1 - y^2.
-  void (*linear_backward)(const float* dy, const float* x, const float* W, const float* y_tanh,
-                          float* dx, float* dW, float* db, int64_t N, int K, int M);
-
-  // Mean softmax cross-entropy of logits (N, V) against Y (N,); if dlogits is not null it
-  // receives d(mean loss)/d(logits) (N, V). Returns the sum (not the mean) in double.
-  double (*cross_entropy)(const float* logits, const int32_t* Y, float* dlogits, int64_t N, int V);
+  void (*linear_forward)(const float* x, const float* W, const float* b, float* y, int64_t N, int K, int M,
+                         bool apply_tanh, Exec& ex);
+  // From dy (N, M): dx (N, K), dW (K, M), db (M,), all overwritten. If y_tanh is given,
+  // y = tanh(pre) was the forward output and dy is first multiplied by 1 - y^2.
+  void (*linear_backward)(const float* dy, const float* x, const float* W, const float* y_tanh, float* dx,
+                          float* dW, float* db, int64_t N, int K, int M, Exec& ex);
+  // Sum of the softmax cross-entropy of logits (N, V) against Y (N,), in double; if
+  // dlogits is not null it receives d(mean loss)/d(logits) (N, V).
+  double (*cross_entropy)(const float* logits, const int32_t* Y, float* dlogits, int64_t N, int V, Exec& ex);
 
   // p -= lr * g
-  void (*sgd_update)(float* p, const float* g, int64_t n, float lr);
-  // torch.optim.SGD(momentum, nesterov, weight_decay) step on one tensor; buf starts at 0
-  void (*momentum_update)(float* p, const float* g, float* buf, int64_t n, float lr, float momentum, bool nesterov,
-                          float weight_decay);
-  // torch.optim.AdamW step number t (1-based) on one tensor
-  void (*adamw_update)(float* p, const float* g, float* m, float* v, int64_t n, float lr, float beta1, float beta2,
-                       float eps, float weight_decay, int64_t t);
+  void (*sgd_update)(float* p, const float* g, int64_t n, float lr, Exec& ex);
+  // one step (number o.step + 1) of o on one tensor p (n,); s0, s1: its state (s1 AdamW's second moment)
+  void (*optimizer_update)(const Optimizer& o, float* p, const float* g, float* s0, float* s1, int64_t n, float lr,
+                           Exec& ex);
 
   // Whole-model passes.
-  void (*mlp_forward)(const Params& P, const Dims& d, const int32_t* X, int64_t N, float* logits);
+  void (*mlp_forward)(const Params& P, const Dims& d, const int32_t* X, int64_t N, float* logits, Exec& ex);
   // Sum of the per-example losses over N examples, evaluated in chunks (no (N, V) buffer).
-  double (*mlp_loss_sum)(const Params& P, const Dims& d, const int32_t* X, const int32_t* Y, int64_t N);
+  double (*mlp_loss_sum)(const Params& P, const Dims& d, const int32_t* X, const int32_t* Y, int64_t N, Exec& ex);
   // Mean loss and its gradients (overwritten) for one batch. dropout_mask: null, or (N, H)
   // multipliers applied to the hidden layer (0 or 1/(1-p) for inverted dropout).
-  double (*mlp_loss_and_grad)(const Params& P, const Dims& d, const int32_t* X, const int32_t* Y,
-                              int64_t N, const MutParams& grads, const float* dropout_mask);
-  // Runs args.steps SGD steps in place on P. Returns the number of steps completed;
-  // fewer than asked when a loss became NaN/inf (the parameters are then those
-  // before the failing step's update).
-  int64_t (*train_steps)(const MutParams& P, const Dims& d, const TrainArgs& args);
-  void (*sample)(const Params& P, const Dims& d, const SampleArgs& args);
+  double (*mlp_loss_and_grad)(const Params& P, const Dims& d, const int32_t* X, const int32_t* Y, int64_t N,
+                              const MutParams& grads, const float* dropout_mask, Exec& ex);
+  // Runs args.steps steps in place on P. Returns the number completed: fewer when a loss
+  // became NaN/inf (args.losses[done] holds it; the parameters are those before that step),
+  // when *args.stop became nonzero (ex.stopped), or when an index was out of range (ex.bad_index).
+  int64_t (*train_steps)(const MutParams& P, const Dims& d, const TrainArgs& args, Exec& ex);
+  void (*sample)(const Params& P, const Dims& d, const SampleArgs& args, Exec& ex);
 
-  // 12 independent chains of `iters` vector FMAs each (12 * vector_width * 2 * iters
-  // flops): the machine's FMA peak for the benchmark's "achieved vs peak".
+  // Benchmark support: 12 independent chains of `iters` vector FMAs each
+  // (12 * vector_width * 2 * iters flops), the machine's FMA peak.
   void (*fma_loop)(int64_t iters, float* sink);
 };
 

@@ -1,10 +1,12 @@
-"""Shared fixtures: the kernel builds (ISAs) this CPU can run, thread settings,
-and the float32 rounding helpers the equality tests state their tolerances with."""
+"""Shared fixtures: the kernel builds (ISAs) this CPU can run, thread settings, the
+word lists made here, the one helper for the training call, and the float32 rounding
+helpers the equality tests state their tolerances with."""
 import numpy as np
 import pytest
 
 import fastmlp
 from fastmlp import _core
+from fastmlp.model import PARAM_NAMES
 
 AVAILABLE_ISAS = fastmlp.build_info()["isas_available"]
 
@@ -32,6 +34,40 @@ def threads():
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+# -- word lists made here (no data file needed) -------------------------------------
+def make_words(n=400, seed=0):
+    """n name-like words from a few syllables."""
+    rng = np.random.default_rng(seed)
+    syll = ["ka", "li", "mo", "ra", "an", "el", "is", "ta", "on", "be", "su", "ny"]
+    return ["".join(rng.choice(syll, rng.integers(1, 4))) for _ in range(n)]
+
+
+@pytest.fixture(scope="session")
+def small_names():
+    """The lecture's split of 600 made-up words, block_size 3."""
+    return fastmlp.data.make_dataset(make_words(600, seed=7), block_size=3)
+
+
+@pytest.fixture
+def words_file(tmp_path):
+    p = tmp_path / "words.txt"
+    p.write_text("\n".join(make_words()) + "\n")
+    return p
+
+
+# -- the training call ------------------------------------------------------------------
+def copy_params(params):
+    return {k: v.copy() for k, v in params.items()}
+
+
+def train_steps(P, X, Y, lrs, **kw):
+    """_core.train_steps on a dict of parameters (updated in place); lrs: an array, or
+    (steps, lr) for a constant rate."""
+    if isinstance(lrs, tuple):
+        lrs = np.full(lrs[0], lrs[1], np.float32)
+    return _core.train_steps(tuple(P[k] for k in PARAM_NAMES), X, Y, lrs, **kw)
 
 
 def assert_within(actual, reference, bound, what=""):

@@ -18,10 +18,6 @@ def batch():
     return rng.integers(0, 27, (8, 3)).astype(np.int32), rng.integers(0, 27, 8).astype(np.int32)
 
 
-def params(m):
-    return [m.params[k] for k in ("C", "W1", "b1", "W2", "b2")]
-
-
 # -- the MLP methods ----------------------------------------------------------
 @pytest.mark.parametrize("method", ["forward", "loss", "loss_and_grad"])
 def test_float_indices_are_a_type_error(model, batch, method):
@@ -110,7 +106,7 @@ def test_replaced_parameter_with_wrong_dtype_or_shape(model, batch, name):
 @pytest.mark.parametrize("lr", [np.nan, np.inf, -0.1])
 def test_bad_learning_rate(model, batch, lr):
     loss, grads = model.loss_and_grad(*batch)
-    with pytest.raises(ValueError, match="lr must be a finite number"):
+    with pytest.raises(ValueError, match="lr must be a finite float32 number"):
         model.sgd_step(grads, lr)
 
 
@@ -125,8 +121,8 @@ def test_sgd_step_grads_must_match(model, batch):
 
 @pytest.mark.parametrize("kwargs,exc,msg", [
     (dict(vocab_size=1), ValueError, "vocab_size must be >= 2"),
-    (dict(vocab_size=27, block_size=0), ValueError, "block_size must be >= 1"),
-    (dict(vocab_size=27, n_hidden=-5), ValueError, "n_hidden must be >= 1"),
+    (dict(vocab_size=27, block_size=0), ValueError, r"block_size must be an integer in \[1, "),
+    (dict(vocab_size=27, n_hidden=-5), ValueError, r"n_hidden must be an integer in \[1, "),
     (dict(vocab_size=27, n_embd=2.5), TypeError, "n_embd must be an int"),
     (dict(vocab_size=27, init="xavier"), ValueError, "init must be one of"),
 ])
@@ -170,8 +166,8 @@ def test_kernels_check_shapes_against_each_other():
         _core.linear_tanh_backward(np.zeros((3, 3), np.float32), np.zeros((3, 2), np.float32),
                                    np.zeros((3, 4), np.float32), np.zeros((4, 2), np.float32))
     with pytest.raises(ValueError, match="W1 must have T\\*E rows"):
-        _core.mlp_forward(np.zeros((5, 3), np.float32), np.zeros((4, 2), np.float32), np.zeros(2, np.float32),
-                          np.zeros((2, 5), np.float32), np.zeros(5, np.float32), np.zeros((1, 1), np.int32))
+        _core.mlp_forward((np.zeros((5, 3), np.float32), np.zeros((4, 2), np.float32), np.zeros(2, np.float32),
+                           np.zeros((2, 5), np.float32), np.zeros(5, np.float32)), np.zeros((1, 1), np.int32))
     with pytest.raises(ValueError, match="d_emb must have T\\*E columns"):
         _core.embedding_backward(np.zeros((2, 5), np.float32), np.zeros((2, 2), np.int32), 3)
 
@@ -188,25 +184,36 @@ def test_kernel_indices_out_of_range():
 
 def test_train_steps_arguments(model, batch):
     X, Y = batch
-    P = params(model)
+    P = model.arrays()
     lrs = np.full(4, 0.1, np.float32)
-    with pytest.raises(ValueError, match="batch_size must be >= 1"):
-        _core.train_steps(*P, X, Y, 0, lrs, _core.rng_state(0))
-    with pytest.raises(ValueError, match=r"lrs\[1\] must be a finite number"):
-        _core.train_steps(*P, X, Y, 2, np.array([0.1, np.nan], np.float32), _core.rng_state(0))
+    s = _core.rng_state(0)
+    with pytest.raises(ValueError, match=r"batch_size must be an integer in \[1, "):
+        _core.train_steps(P, X, Y, lrs, batch_size=0, rng_state=s)
+    with pytest.raises(ValueError, match=r"every learning rate in lrs must be a finite float32 number"):
+        _core.train_steps(P, X, Y, np.array([0.1, np.nan], np.float32), batch_size=2, rng_state=s)
     with pytest.raises(IndexError, match="batches contains 8"):
-        _core.train_steps(*P, X, Y, 2, lrs, _core.rng_state(0), np.full((4, 2), 8, np.int64))
+        _core.train_steps(P, X, Y, lrs, batches=np.full((4, 2), 8, np.int64))
     with pytest.raises(ValueError, match=r"batches must have shape"):
-        _core.train_steps(*P, X, Y, 2, lrs, _core.rng_state(0), np.zeros((4, 3), np.int64))
+        _core.train_steps(P, X, Y, lrs, batches=np.zeros((3, 2), np.int64))
     with pytest.raises(ValueError, match="rng_state must have shape"):
-        _core.train_steps(*P, X, Y, 2, lrs, np.zeros(3, np.uint64))
+        _core.train_steps(P, X, Y, lrs, batch_size=2, rng_state=np.zeros(3, np.uint64))
+    with pytest.raises(TypeError, match="needs batch_size and rng_state"):
+        _core.train_steps(P, X, Y, lrs, batch_size=2)
+    with pytest.raises(TypeError, match="params must be a sequence of the five arrays"):
+        _core.train_steps(P[:4], X, Y, lrs, batch_size=2, rng_state=s)
 
 
 def test_sample_arguments(model):
-    P = params(model)
+    P = model.arrays()
     with pytest.raises(ValueError, match="temperature must be"):
-        _core.sample(*P, 3, 10, 0, 0.0)
-    with pytest.raises(ValueError, match="top_k must be >= 0"):
-        _core.sample(*P, 3, 10, 0, 1.0, -1)
-    with pytest.raises(ValueError, match="max_len must be"):
-        _core.sample(*P, 3, 0, 0)
+        _core.sample(P, 3, 10, 0, 0.0)
+    with pytest.raises(ValueError, match=r"top_k must be an integer in \[0, "):
+        _core.sample(P, 3, 10, 0, 1.0, -1)
+    with pytest.raises(ValueError, match=r"max_len must be an integer in \[1, "):
+        _core.sample(P, 3, 0, 0)
+    with pytest.raises(ValueError, match=r"n must be an integer in \[0, 1073741824\], got 3000000000"):
+        _core.sample(P, 3_000_000_000, 10, 0)
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*64\), got -1"):
+        _core.sample(P, 3, 10, -1)
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*64\), got 1180591620717411303424"):
+        _core.sample(P, 3, 10, 2**70)

@@ -153,3 +153,26 @@ def test_bad_env_path(isolated, monkeypatch):
     monkeypatch.setenv("FASTMLP_DATA", str(isolated / "missing.txt"))
     with pytest.raises(DataError, match="FASTMLP_DATA"):
         data.find_dataset()
+
+
+def test_byte_order_mark_and_unicode_line_breaks(tmp_path):
+    # read as text files are read: a UTF-8 BOM is not a symbol, and only \n (or \r\n) ends
+    # a line; \x85 (NEL) and U+2028 inside a word are characters of that word
+    p = write(tmp_path, "\ufeffemma\r\nan\u2028na\nbo\x85b\n".encode("utf-8"))
+    words = data.load_words(p)
+    assert words == ["emma", "an\u2028na", "bo\x85b"]
+    assert "\ufeff" not in Vocab.from_words(words).itos
+
+
+def test_build_dataset_of_many_words_stays_small():
+    # contexts are gathered column by column with int32 positions: no (N, T) int64 temporaries
+    import tracemalloc
+
+    words = ["abcdefgh"] * 200_000  # 1.8M examples
+    vocab = Vocab.from_words(words[:1])
+    tracemalloc.start()
+    X, Y = data.build_dataset(words, vocab, 8)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert X.shape == (1_800_000, 8)
+    assert peak < 4 * X.nbytes, peak  # the result is X.nbytes; int64 (N, T) indices alone would be 2x that

@@ -189,9 +189,8 @@ def test_fuzz_mlp_methods(data, N, method, poison):
        top_k=st.sampled_from([-1, 0, 1, 5, 27, 10**6]))
 def test_fuzz_sample(n, max_len, seed, temperature, top_k):
     m = MLP(27, 3, 4, 8, seed=0)
-    P = [m.params[k] for k in ("C", "W1", "b1", "W2", "b2")]
     try:
-        out = _core.sample(*P, n, max_len, seed, temperature, top_k)
+        out = _core.sample(m.arrays(), n, max_len, seed, temperature, top_k)
     except (*ERRORS, OverflowError):
         event("rejected")
         return

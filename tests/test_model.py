@@ -7,7 +7,7 @@ import fastmlp
 from fastmlp import MLP, _core
 from fastmlp.model import PARAM_NAMES
 import torch_reference as ref
-from conftest import normwise_close
+from conftest import copy_params, normwise_close, train_steps
 
 
 def make_batch(rng, V, T, N):
@@ -97,20 +97,9 @@ def test_integer_dtypes_and_layouts_are_accepted(rng):
 # ---------------------------------------------------------------------------
 # Trajectory: 1,000 SGD steps against the lecture's PyTorch loop
 # ---------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def small_names():
-    # a tiny word list built here: no data file needed
-    rng = np.random.default_rng(7)
-    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
-    words = ["".join(rng.choice(letters, rng.integers(2, 9))) for _ in range(600)]
-    ds = fastmlp.data.make_dataset(words, block_size=3)
-    return ds
-
-
-def run_fastmlp(params, X, Y, batches, lr):
-    P = {k: v.copy() for k, v in params.items()}
-    losses = _core.train_steps(*(P[k] for k in PARAM_NAMES), X, Y, batches.shape[1],
-                               np.full(len(batches), lr, np.float32), _core.rng_state(0), batches)
+def run_fastmlp(params, X, Y, batches, lr, threads=None):
+    P = copy_params(params)
+    losses = train_steps(P, X, Y, (len(batches), lr), batches=batches, threads=threads)
     return losses, P
 
 
@@ -164,15 +153,13 @@ def test_per_call_api_follows_the_fused_loop(small_names):
         normwise_close(P[k], m.params[k], 1e-5, k)
 
 
-def test_training_is_deterministic_and_thread_independent(small_names, threads):
+def test_training_is_deterministic_and_thread_independent(small_names):
     X, Y = small_names.train
     m = MLP(small_names.vocab.size, 3, 10, 200, seed=5, init="scaled")
     results = []
-    for n in (1, 2, 1):
-        fastmlp.set_num_threads(n)
-        P = {k: v.copy() for k, v in m.params.items()}
-        losses = _core.train_steps(*(P[k] for k in PARAM_NAMES), X, Y, 256, np.full(50, 0.1, np.float32),
-                                   _core.rng_state(11))
+    for n in (1, 2, 1, 3):
+        P = copy_params(m.params)
+        losses = train_steps(P, X, Y, (50, 0.1), batch_size=256, rng_state=_core.rng_state(11), threads=n)
         results.append((losses, P))
     for losses, P in results[1:]:
         # every output element is computed by one thread in a fixed order: bit-identical
@@ -181,8 +168,7 @@ def test_training_is_deterministic_and_thread_independent(small_names, threads):
             np.testing.assert_array_equal(P[k], results[0][1][k])
 
 
-def test_wide_batches_team_path_is_thread_independent_and_matches_torch(threads):
-    # batch * block_size * n_embd >= 16384 takes the team-wide embedding update path
+def test_wide_batches_are_thread_independent_and_match_torch():
     rng = np.random.default_rng(4)
     V, T, E, H, B = 27, 8, 24, 64, 256
     words_X = rng.integers(0, V, (3000, T)).astype(np.int32)
@@ -191,8 +177,7 @@ def test_wide_batches_team_path_is_thread_independent_and_matches_torch(threads)
     batches = rng.integers(0, 3000, (60, B))
     results = []
     for n in (1, 2):
-        fastmlp.set_num_threads(n)
-        results.append(run_fastmlp(m.params, words_X, words_Y, batches, 0.1))
+        results.append(run_fastmlp(m.params, words_X, words_Y, batches, 0.1, threads=n))
     for k in PARAM_NAMES:
         np.testing.assert_array_equal(results[0][1][k], results[1][1][k])
     tl, tp = ref.sgd_trajectory(m.params, words_X, words_Y, batches, 0.1)
@@ -201,31 +186,30 @@ def test_wide_batches_team_path_is_thread_independent_and_matches_torch(threads)
         normwise_close(results[1][1][k], tp[k], 1e-5, k)
 
 
-def test_two_models_in_two_python_threads(small_names):
-    # the GIL is released in the C++ loop: two trainings at once must give what they
-    # give one after the other (every buffer is per call; nothing global is written)
+def test_two_trainings_in_two_python_threads_with_their_own_thread_counts(small_names):
+    # the GIL is released in the C++ loop, and the thread count is a per-call argument:
+    # two trainings at once, on 1 and 2 threads, give what each gives alone
     import threading
 
     X, Y = small_names.train
     models = [MLP(small_names.vocab.size, 3, 10, 200, seed=s, init="scaled") for s in (1, 2)]
-    start = [{k: v.copy() for k, v in m.params.items()} for m in models]
+    counts = (1, 2)
 
-    def run(P, seed, out):
-        out.append(_core.train_steps(*(P[k] for k in PARAM_NAMES), X, Y, 32, np.full(3000, 0.1, np.float32),
-                                     _core.rng_state(seed)))
+    def run(P, i, out):
+        out.append(train_steps(P, X, Y, (3000, 0.1), batch_size=32, rng_state=_core.rng_state(i), threads=counts[i]))
 
+    alone = [copy_params(m.params) for m in models]
     sequential = []
-    seq_params = [{k: v.copy() for k, v in p.items()} for p in start]
-    for i, P in enumerate(seq_params):
+    for i, P in enumerate(alone):
         run(P, i, sequential)
-    conc_params = [{k: v.copy() for k, v in p.items()} for p in start]
+    together = [copy_params(m.params) for m in models]
     outs = [[], []]
-    threads = [threading.Thread(target=run, args=(conc_params[i], i, outs[i])) for i in range(2)]
-    for t in threads:
+    workers = [threading.Thread(target=run, args=(together[i], i, outs[i])) for i in range(2)]
+    for t in workers:
         t.start()
-    for t in threads:
+    for t in workers:
         t.join()
     for i in range(2):
         np.testing.assert_array_equal(outs[i][0], sequential[i])
         for k in PARAM_NAMES:
-            np.testing.assert_array_equal(conc_params[i][k], seq_params[i][k])
+            np.testing.assert_array_equal(together[i][k], alone[i][k])

@@ -53,33 +53,35 @@ def mlp_params(params, dtype=torch.float64):
     return {k: t(v, dtype, True) for k, v in params.items()}
 
 
-def mlp_logits(P, X):
-    emb = P["C"][torch.tensor(X, dtype=torch.long)]
+def mlp_logits(P, X, mask=None):
+    """The model as the lecture writes it: the one PyTorch twin every test uses.
+    mask: optional (N, H) multipliers on the hidden layer (dropout)."""
+    emb = P["C"][torch.as_tensor(np.asarray(X), dtype=torch.long)]
     h = torch.tanh(emb.reshape(emb.shape[0], -1) @ P["W1"] + P["b1"])
+    if mask is not None:
+        h = h * torch.as_tensor(np.asarray(mask), dtype=h.dtype)
     return h @ P["W2"] + P["b2"]
 
 
-def mlp_loss_and_grad(params, X, Y, dtype=torch.float64):
+def mlp_loss_and_grad(params, X, Y, dtype=torch.float64, mask=None):
     P = mlp_params(params, dtype)
-    loss = F.cross_entropy(mlp_logits(P, X), torch.tensor(Y, dtype=torch.long))
+    loss = F.cross_entropy(mlp_logits(P, X, mask), torch.tensor(Y, dtype=torch.long))
     loss.backward()
     return loss.item(), {k: v.grad.numpy() for k, v in P.items()}
 
 
-def sgd_trajectory(params, X, Y, batches, lr, dtype=torch.float32, make_opt=None):
+def sgd_trajectory(params, X, Y, batches, lr, dtype=torch.float32, make_opt=None, masks=None):
     """The lecture's training loop on given batch indices: its manual SGD update
     (p.data += -lr * p.grad), or a torch.optim optimizer from make_opt(params).
-    Returns the per-step losses and the final parameters."""
+    masks: optional per-step dropout multipliers. Returns the per-step losses and the
+    final parameters."""
     P = mlp_params(params, dtype)
     opt = make_opt(list(P.values())) if make_opt else None
     Xt, Yt = torch.tensor(X, dtype=torch.long), torch.tensor(Y, dtype=torch.long)
     losses = []
-    for ix in batches:
+    for s, ix in enumerate(batches):
         ix = torch.tensor(ix, dtype=torch.long)
-        emb = P["C"][Xt[ix]]
-        h = torch.tanh(emb.view(-1, P["W1"].shape[0]) @ P["W1"] + P["b1"])
-        logits = h @ P["W2"] + P["b2"]
-        loss = F.cross_entropy(logits, Yt[ix])
+        loss = F.cross_entropy(mlp_logits(P, Xt[ix], None if masks is None else masks[s]), Yt[ix])
         for p in P.values():
             p.grad = None
         loss.backward()

@@ -8,13 +8,21 @@ Python layer around them: data sets, the model, training, sampling.
     >>> model = fastmlp.MLP(ds.vocab.size, block_size=3)
     >>> model.loss(*ds.dev)                                    # mean cross-entropy
 """
+import os as _os
+import warnings as _warnings
+
 from . import _core
 from ._core import get_num_threads, set_num_threads
 from .model import MLP
-from . import data
+from . import data, optim
 from .data import load_dataset
 
 __version__ = _core.build_info()["version"]
+
+_isa = _os.environ.get("FASTMLP_ISA")
+if _isa and _isa not in ("auto", *_core.build_info()["isas_available"]):
+    _warnings.warn(f"FASTMLP_ISA={_isa!r} is not one of auto, {', '.join(_core.build_info()['isas_available'])} "
+                   f"on this CPU and build: using {_core.get_isa()}", RuntimeWarning, stacklevel=2)
 
 
 def build_info() -> dict:
@@ -23,4 +31,5 @@ def build_info() -> dict:
     return _core.build_info()
 
 
-__all__ = ["MLP", "build_info", "data", "get_num_threads", "load_dataset", "set_num_threads", "__version__"]
+__all__ = ["MLP", "build_info", "data", "get_num_threads", "load_dataset", "optim", "set_num_threads",
+           "__version__"]

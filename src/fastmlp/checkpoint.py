@@ -109,6 +109,10 @@ class _Reader:
             if not ok:
                 want = f"{np.dtype(dtype)}[<= {max_len}]" if max_len is not None else f"{np.dtype(dtype)}{list(shape)}"
                 raise CheckpointError(f"{self.where}: {key} is {got_dtype}{list(got_shape)}, expected {want}")
+            nbytes = int(np.prod(got_shape, dtype=np.int64)) * got_dtype.itemsize
+            if self.zf.getinfo(key + ".npy").file_size < nbytes:  # never allocate what the file cannot hold
+                raise CheckpointError(f"{self.where}: {key} claims {nbytes:,} bytes but the file holds fewer "
+                                      "(truncated or hand-edited)")
         with self.zf.open(key + ".npy") as f:  # read_array reads the header again
             a = np.lib.format.read_array(f, allow_pickle=False)
         return np.ascontiguousarray(a)

@@ -167,12 +167,17 @@ def build_dataset(words: Sequence[str], vocab: Vocab, block_size: int) -> Tuple[
         c = chr(int(codes[np.argmax(unknown)]))
         raise DataError(f"character {c!r} is not in the vocabulary")
     G = order[pos_clipped].astype(np.int32)
-    lengths = np.fromiter((len(w) for w in words), dtype=np.int64, count=len(words))
-    starts = np.concatenate(([0], np.cumsum(lengths + T + 1)[:-1]))  # where each padded word begins
+    del codes, pos, pos_clipped, unknown
+    # where each example's context starts in the stream; int32 while it fits (memory)
+    idx = np.int32 if len(G) < 2**31 else np.int64
+    lengths = np.fromiter((len(w) for w in words), dtype=idx, count=len(words))
+    starts = np.concatenate(([0], np.cumsum(lengths + (T + 1), dtype=np.int64)[:-1])).astype(idx)
     per_word = lengths + 1                                              # examples per word
-    first = np.repeat(np.cumsum(per_word) - per_word, per_word)
-    positions = np.repeat(starts, per_word) + (np.arange(int(per_word.sum())) - first)
-    X = G[positions[:, None] + np.arange(T)]
+    positions = np.repeat(starts, per_word)
+    positions += np.arange(len(positions), dtype=idx) - np.repeat(np.cumsum(per_word, dtype=idx) - per_word, per_word)
+    X = np.empty((len(positions), T), np.int32)
+    for t in range(T):  # column by column: no (N, T) int64 index array
+        X[:, t] = G[positions + t]
     Y = G[positions + T]
     return np.ascontiguousarray(X, dtype=np.int32), np.ascontiguousarray(Y, dtype=np.int32)
 

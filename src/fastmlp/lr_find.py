@@ -9,8 +9,6 @@ seeds and averaged, so the suggestion does not hang on one noisy minibatch.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Optional
@@ -18,18 +16,23 @@ from typing import Optional
 import numpy as np
 
 from . import _core
-from ._cli import add_common_args, run_cli
+from ._cli import ArgumentParser, add_common_args, int_arg, run_cli
+from ._files import to_json
+from .config import LECTURE_SEED
 from .data import Dataset, load_dataset
-from .model import MLP, PARAM_NAMES
+from .model import MLP, check_sizes
 
 
 def lr_sweep(ds: Dataset, block_size=3, n_embd=10, n_hidden=200, init="lecture", batch_size=32,
-             lr_min_exp=-3.0, lr_max_exp=0.0, steps=1000, repeats=5, seed=2147483647) -> dict:
+             lr_min_exp=-3.0, lr_max_exp=0.0, steps=1000, repeats=5, seed=LECTURE_SEED, threads=None) -> dict:
     """Runs the sweep `repeats` times (fresh model and batches each time) and averages."""
+    check_sizes(block_size, n_embd, n_hidden)
     if steps < 10:
         raise ValueError(f"steps must be >= 10, got {steps}")
-    if not lr_min_exp < lr_max_exp:
-        raise ValueError(f"the sweep needs lr_min_exp < lr_max_exp, got {lr_min_exp} and {lr_max_exp}")
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    if not (np.isfinite(lr_min_exp) and np.isfinite(lr_max_exp)) or not -30 <= lr_min_exp < lr_max_exp <= 30:
+        raise ValueError(f"the sweep needs -30 <= lr_min_exp < lr_max_exp <= 30, got {lr_min_exp} and {lr_max_exp}")
     exps = np.linspace(lr_min_exp, lr_max_exp, steps)
     lrs = (10.0 ** exps).astype(np.float32)
     X, Y = ds.train
@@ -38,8 +41,8 @@ def lr_sweep(ds: Dataset, block_size=3, n_embd=10, n_hidden=200, init="lecture",
     runs = []
     for r in range(repeats):
         m = MLP(ds.vocab.size, block_size, n_embd, n_hidden, seed=seed + r, init=init)
-        losses = _core.train_steps(*(m.params[k] for k in PARAM_NAMES), X, Y, batch_size, lrs,
-                                   _core.rng_state(seed + r))
+        losses = _core.train_steps(m.arrays(), X, Y, lrs, batch_size=batch_size, rng_state=_core.rng_state(seed + r),
+                                   threads=threads)
         full = np.full(steps, np.nan, np.float32)
         full[:len(losses)] = losses  # a diverged run stops early: the rest stays NaN
         runs.append(full)
@@ -58,38 +61,35 @@ def lr_sweep(ds: Dataset, block_size=3, n_embd=10, n_hidden=200, init="lecture",
 
 
 def main(argv: Optional[list] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m fastmlp.lr_find", description=__doc__.split("\n\n")[1],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(prog="python -m fastmlp.lr_find", description=__doc__.split("\n\n")[1])
     add_common_args(p)
-    p.add_argument("-b", "--batch-size", type=int, default=32)
-    p.add_argument("--steps", type=int, default=1000, help="learning rates tried (one step each)")
+    p.add_argument("-b", "--batch-size", type=int_arg("--batch-size", 1, 1 << 30), default=32)
+    p.add_argument("--steps", type=int_arg("--steps", 10, 1 << 24), default=1000,
+                   help="learning rates tried (one step each)")
     p.add_argument("--lr-min-exp", type=float, default=-3.0, help="lowest rate: 10**this")
     p.add_argument("--lr-max-exp", type=float, default=0.0, help="highest rate: 10**this")
-    p.add_argument("--repeats", type=int, default=5, help="sweeps averaged (fresh model each)")
+    p.add_argument("--repeats", type=int_arg("--repeats", 1, 1000), default=5, help="sweeps averaged (fresh model each)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     args = p.parse_args(argv)
 
     def body():
-        block = args.block_size or 3
-        if args.repeats < 1:
-            raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
-        if args.num_threads:
-            _core.set_num_threads(args.num_threads)
+        given = lambda v, default: default if v is None else v  # 0 is a value, not "not given"
+        block, embd, hidden = check_sizes(given(args.block_size, 3), given(args.n_embd, 10),
+                                          given(args.n_hidden, 200))
         ds = load_dataset(args.input_file, block)
-        res = lr_sweep(ds, block, args.n_embd or 10, args.n_hidden or 200, args.init or "lecture",
-                       args.batch_size, args.lr_min_exp, args.lr_max_exp, args.steps, args.repeats,
-                       args.seed if args.seed is not None else 2147483647)
+        res = lr_sweep(ds, block, embd, hidden, given(args.init, "lecture"), args.batch_size, args.lr_min_exp,
+                       args.lr_max_exp, args.steps, args.repeats, given(args.seed, LECTURE_SEED), args.num_threads)
         out = Path(args.work_dir or "out")
         out.mkdir(parents=True, exist_ok=True)
         png = None
         try:
-            from .plots import plot_lr_find
+            from .plot import plot_lr_find
 
             png = str(plot_lr_find(res["exponents"], res["losses"], out / "lr_find.png", res["suggested_lr"]))
         except ImportError as e:
             print(f"note: {e}; skipped lr_find.png", file=sys.stderr)
         if args.json:
-            print(json.dumps({"suggested_lr": res["suggested_lr"], "best_exponent": res["best_exponent"],
+            print(to_json({"suggested_lr": res["suggested_lr"], "best_exponent": res["best_exponent"],
                               "plot": png}))
         else:
             print(f"lowest smoothed loss at lr = 10^{res['best_exponent']:.2f} = {10 ** res['best_exponent']:.3g}")

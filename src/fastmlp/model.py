@@ -22,12 +22,21 @@ PARAM_NAMES = ("C", "W1", "b1", "W2", "b2")
 INITS = ("lecture", "scaled")
 
 
+MAX_SIZE = 1 << 24  # block_size, n_embd, n_hidden: far above any model that fits in memory
+
+
 def _positive_int(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
+    if not 1 <= value <= MAX_SIZE:
+        raise ValueError(f"{name} must be an integer in [1, {MAX_SIZE}], got {value}")
     return int(value)
+
+
+def check_sizes(block_size, n_embd, n_hidden) -> Tuple[int, int, int]:
+    """The one check of a model's sizes (MLP, TrainConfig and lr_find all use it)."""
+    return (_positive_int(block_size, "block_size"), _positive_int(n_embd, "n_embd"),
+            _positive_int(n_hidden, "n_hidden"))
 
 
 class MLP:
@@ -47,9 +56,7 @@ class MLP:
     def __init__(self, vocab_size: int, block_size: int = 3, n_embd: int = 10, n_hidden: int = 200,
                  seed: int = 2147483647, init: str = "lecture"):
         V = _positive_int(vocab_size, "vocab_size")
-        T = _positive_int(block_size, "block_size")
-        E = _positive_int(n_embd, "n_embd")
-        H = _positive_int(n_hidden, "n_hidden")
+        T, E, H = check_sizes(block_size, n_embd, n_hidden)
         if V < 2:
             raise ValueError(f"vocab_size must be >= 2 ('.' and at least one character), got {V}")
         if init not in INITS:
@@ -145,7 +152,9 @@ class MLP:
                 f"n_hidden={c['n_hidden']}; {self.num_params:,} parameters)")
 
     # -- input conversion ----------------------------------------------------
-    def _arrays(self):
+    def arrays(self) -> tuple:
+        """The parameters in the kernels' order (C, W1, b1, W2, b2): the `params` argument of
+        every whole-model kernel in fastmlp._core."""
         try:
             return tuple(self.params[k] for k in PARAM_NAMES)
         except KeyError as e:
@@ -168,29 +177,31 @@ class MLP:
                                  f"(indices must be in the vocabulary)")
         return np.ascontiguousarray(a, dtype=np.int32)
 
-    # -- forward / backward --------------------------------------------------
-    def forward(self, X) -> np.ndarray:
+    # -- forward / backward (threads: for this call; None = fastmlp.get_num_threads()) --
+    def forward(self, X, threads: Optional[int] = None) -> np.ndarray:
         """Logits (N, V) for contexts X (N, block_size)."""
-        return _core.mlp_forward(*self._arrays(), self._indices(X, "X", 2))
+        return _core.mlp_forward(self.arrays(), self._indices(X, "X", 2), threads=threads)
 
-    def loss(self, X, Y) -> float:
+    def loss(self, X, Y, threads: Optional[int] = None) -> float:
         """Mean cross-entropy over all of X, Y, evaluated in chunks (no (N, V) buffer)."""
-        return float(_core.mlp_loss(*self._arrays(), self._indices(X, "X", 2), self._indices(Y, "Y", 1)))
+        return float(_core.mlp_loss(self.arrays(), self._indices(X, "X", 2), self._indices(Y, "Y", 1),
+                                    threads=threads))
 
-    def loss_and_grad(self, X, Y, dropout_mask=None) -> Tuple[float, Dict[str, np.ndarray]]:
+    def loss_and_grad(self, X, Y, dropout_mask=None, threads: Optional[int] = None
+                      ) -> Tuple[float, Dict[str, np.ndarray]]:
         """Mean loss of one batch and its gradients, under the names and shapes of ``params``.
         dropout_mask: optional (N, n_hidden) float32 multipliers for the hidden layer."""
-        out = _core.mlp_loss_and_grad(*self._arrays(), self._indices(X, "X", 2), self._indices(Y, "Y", 1),
-                                      dropout_mask)
-        return float(out[0]), dict(zip(PARAM_NAMES, out[1:]))
+        loss, grads = _core.mlp_loss_and_grad(self.arrays(), self._indices(X, "X", 2), self._indices(Y, "Y", 1),
+                                              dropout_mask, threads=threads)
+        return float(loss), dict(zip(PARAM_NAMES, grads))
 
-    def sgd_step(self, grads: Dict[str, np.ndarray], lr: float) -> None:
+    def sgd_step(self, grads: Dict[str, np.ndarray], lr: float, threads: Optional[int] = None) -> None:
         """p -= lr * grads[name] for every parameter, in place."""
         missing = [k for k in PARAM_NAMES if k not in grads]
         if missing:
             raise KeyError(f"grads is missing {missing}; it needs {PARAM_NAMES}")
         for k in PARAM_NAMES:
-            _core.sgd_update(self.params[k], grads[k], lr)
+            _core.sgd_update(self.params[k], grads[k], lr, threads=threads)
 
     def copy(self) -> "MLP":
         other = object.__new__(MLP)

@@ -7,27 +7,24 @@ marked " (in train)", and a summary of how many are new goes to stderr.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import List, Optional, Tuple
 
 from . import _core
 from . import checkpoint as ckpt_io
-from ._cli import run_cli
+from ._cli import ArgumentParser, int_arg, run_cli
 from .data import SPLIT_SEED, DataError, Vocab, bundled_names, load_words, split_words, words_sha256
-from .model import MLP, PARAM_NAMES
+from .model import MLP
 
 
 def sample_words(model: MLP, vocab: Vocab, n: int = 20, seed: int = 0, temperature: float = 1.0,
-                 top_k: int = 0, max_len: int = 64) -> List[str]:
+                 top_k: int = 0, max_len: int = 64, threads: Optional[int] = None) -> List[str]:
     """n words. Word i depends only on (seed, i): the same seed gives the same words,
     and asking for more words keeps the first ones."""
     if vocab.size != model.vocab_size:
         raise ValueError(f"vocab has {vocab.size} symbols but the model expects {model.vocab_size}")
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
-    out = _core.sample(*(model.params[k] for k in PARAM_NAMES), n, max_len, seed, temperature, top_k)
+    out = _core.sample(model.arrays(), n, max_len, seed, temperature, top_k, threads=threads)
     return [vocab.decode(row) for row in out]
 
 
@@ -56,18 +53,19 @@ def training_words(ck: ckpt_io.Checkpoint, input_file: Optional[str] = None) -> 
     return set(train), ""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m fastmlp.sample", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m fastmlp.sample", description=__doc__.split("\n\n")[0])
     p.add_argument("-o", "--work-dir", default="out", help="folder holding model.npz")
     p.add_argument("--checkpoint", help="checkpoint file (default: WORK_DIR/model.npz)")
     p.add_argument("-i", "--input-file", help="the word file the model was trained on, if it has moved "
                                               "(to mark samples that are in the training set)")
-    p.add_argument("-n", "--num-samples", type=int, default=20, help="how many words")
-    p.add_argument("--seed", type=int, default=0, help="the same seed gives the same words")
+    p.add_argument("-n", "--num-samples", type=int_arg("--num-samples", 0, 1 << 30), default=20, help="how many words")
+    p.add_argument("--seed", type=int_arg("--seed", 0, (1 << 64) - 1), default=0,
+                   help="the same seed gives the same words")
     p.add_argument("--temperature", type=float, default=1.0, help="< 1: safer words, > 1: wilder")
-    p.add_argument("--top-k", type=int, default=0, help="sample only from the k likeliest characters (0: all)")
-    p.add_argument("--max-len", type=int, default=64, help="longest word, in characters")
+    p.add_argument("--top-k", type=int_arg("--top-k", 0, 1 << 31), default=0,
+                   help="sample only from the k likeliest characters (0: all)")
+    p.add_argument("--max-len", type=int_arg("--max-len", 1, 1 << 20), default=64, help="longest word, in characters")
     return p
 
 
@@ -76,8 +74,6 @@ def main(argv: Optional[list] = None) -> int:
     args = parser.parse_args(argv)
 
     def body():
-        if args.num_samples < 0:
-            raise ValueError(f"--num-samples must be >= 0, got {args.num_samples}")
         ck = ckpt_io.load(args.checkpoint or Path(args.work_dir) / ckpt_io.CHECKPOINT_NAME)
         words = sample_words(ck.model, ck.vocab, args.num_samples, args.seed, args.temperature, args.top_k,
                              args.max_len)

@@ -1,0 +1,342 @@
+// The model's layers as forward/backward pairs, each working on a range of rows (or,
+// where it sums over rows, on this thread's share of the output), in the padded layout.
+// The fused training step (step-inl.h) calls them on its thread's rows; the standalone
+// kernels at the bottom of this file call the same functions on all rows. So the
+// kernels the tests compare with PyTorch are the code that trains.
+//
+// Padded layout: a matrix whose rows are read as whole vectors has its row length
+// rounded up to VW floats (H -> Hp, V -> Vp, T*E -> TEp), the pad columns zero. Products
+// then never mask or pad an operand; the pads of weights and gradients stay zero.
+
+// dst (rows, ldd) = src (rows, cols) (leading dimension lds), zero in columns [cols, ldd)
+inline void copy_pad(const float* src, int64_t lds, int64_t rows, int cols, float* dst, int64_t ldd) {
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int c = 0; c < cols; ++c) dst[r * ldd + c] = src[r * lds + c];
+    for (int64_t c = cols; c < ldd; ++c) dst[r * ldd + c] = 0.f;
+  }
+}
+// dst (rows, cols) = the first cols columns of src (rows, lds)
+inline void copy_unpad(const float* src, int64_t lds, int64_t rows, int cols, float* dst) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int c = 0; c < cols; ++c) dst[r * cols + c] = src[r * lds + c];
+}
+
+// ---------------------------------------------------------------------------
+// Embedding: emb (N, T*E) = C[X]                         C (V, E), X (N, T)
+// ---------------------------------------------------------------------------
+
+// Rows [r0, r1) of emb. Every index is checked as it is read: the bindings checked X
+// before the call, but another thread may have changed it since. A bad index gathers
+// row 0 and flags ex. A plain loop: for rows of a few floats a memcpy costs more.
+inline void embedding_forward_rows(const float* C, int V, int E, const int32_t* X, int T, int64_t r0, int64_t r1,
+                                   float* emb, Exec& ex) {
+  for (int64_t r = r0 * T; r < r1 * T; ++r) {
+    int32_t ix = X[r];
+    if ((uint32_t)ix >= (uint32_t)V) {
+      flag_bad_index(ex);
+      ix = 0;
+    }
+    const float* src = C + (int64_t)ix * E;
+    float* dst = emb + r * E;
+    for (int e = 0; e < E; ++e) dst[e] = src[e];
+  }
+}
+
+// dC rows [v0, v1) (V, E) += d_emb (N rows, leading dimension ld) scattered by X (N, T).
+// The whole batch is scanned in example order and only rows in [v0, v1) are added to,
+// so repeated indices accumulate in the same order on every run; a team splits the
+// vocabulary rows (embedding_backward_share) and gets the same result.
+inline void embedding_backward_range(const float* d_emb, int64_t ld, const int32_t* X, int64_t N, int T, int E,
+                                     int V, float* dC, int64_t v0, int64_t v1, Exec& ex) {
+  for (int64_t n = 0; n < N; ++n)
+    for (int t = 0; t < T; ++t) {
+      const int32_t v = X[n * T + t];
+      if ((uint32_t)v >= (uint32_t)V) {
+        flag_bad_index(ex);
+        continue;
+      }
+      if (v < v0 || v >= v1) continue;
+      float* dst = dC + (int64_t)v * E;
+      const float* src = d_emb + n * ld + (int64_t)t * E;
+      for (int e = 0; e < E; ++e) dst[e] += src[e];
+    }
+}
+
+// This thread's share of C's rows: dC = scatter of d_emb (zeroed first), then, if
+// apply, C -= lr * dC on the same rows (the SGD update of the embedding table).
+inline void embedding_backward_share(const float* d_emb, int64_t ld, const int32_t* X, int64_t N, int T, int E,
+                                     int V, float* dC, Exec& ex, float* C = nullptr, float lr = 0.f) {
+  int64_t v0, v1;
+  my_share(V, &v0, &v1);
+  if (v1 <= v0) return;
+  memset(dC + v0 * E, 0, sizeof(float) * (size_t)((v1 - v0) * E));
+  embedding_backward_range(d_emb, ld, X, N, T, E, V, dC, v0, v1, ex);
+  if (C) axpy(C + v0 * E, dC + v0 * E, (v1 - v0) * E, -lr);
+}
+
+// ---------------------------------------------------------------------------
+// Linear: y (N, Mp) = x (N, K) @ W (K, Mp) + b (Mp,), then tanh if TANH
+// ---------------------------------------------------------------------------
+template <bool TANH>
+inline void linear_forward_rows(const float* x, int64_t ldx, int K, const float* W, int Mp, const float* b, float* y,
+                                int64_t r0, int64_t r1) {
+  gemm_rows<TANH ? kBiasTanh : kBias>(plan(r1, Mp, K, x, ldx, 1, W, Mp, y, Mp, b), r0, r1);
+}
+
+// Backward, input side, rows [r0, r1): dx (N, Kp) = g (N, ld g) @ W^T, with WT (M, Kp)
+// the transposed weights. EPI kStore; or kTanhGrad / kMul with ep (laid out like dx),
+// which fuses the previous layer's tanh backward (and dropout) into the product.
+template <int EPI>
+inline void linear_backward_input_rows(const float* g, int64_t ldg, int M, const float* WT, int Kp, float* dx,
+                                       const float* ep, int64_t r0, int64_t r1) {
+  gemm_rows<EPI>(plan(r1, Kp, M, g, ldg, 1, WT, Kp, dx, Kp, ep), r0, r1);
+}
+
+// db (Mp,) = column sums of g (N, ld) in row order over this thread's share of the
+// column vectors; with bias given, also bias -= lr * db (the fused SGD update).
+inline void column_sums_share(const float* g, int64_t N, int Mp, int64_t ld, float* db, float* bias, float lr) {
+  int64_t b, e;
+  my_share(Mp / VW, &b, &e);
+  for (int64_t v = b; v < e; ++v) {
+    const int j = (int)(v * VW);
+    vf s = {};
+    for (int64_t i = 0; i < N; ++i) s += loadu(g + i * ld + j);
+    storeu(db + j, s);
+    if (bias) storeu(bias + j, loadu(bias + j) - splat(lr) * s);
+  }
+}
+
+// Backward, weight side, this thread's share (all of it outside a team), summing over
+// the N rows of x (N, K) and g (N, Mp): dW (K, Mp) = x^T g and db = column sums of g.
+// With W and b given, the SGD update is fused in instead of storing dW: W += -lr x^T g
+// and b -= lr db (db then receives the column sums as scratch).
+inline void linear_backward_weight_share(const float* x, int64_t ldx, int K, const float* g, int Mp, int64_t N,
+                                         float* dW, float* db, float* W, float* b, float lr) {
+  if (W) {
+    gemm_share<kAccumScaled>(plan(K, Mp, (int)N, x, 1, ldx, g, Mp, W, Mp, nullptr, -lr));
+    column_sums_share(g, N, Mp, Mp, db, b, lr);
+  } else {
+    gemm_share<kStore>(plan(K, Mp, (int)N, x, 1, ldx, g, Mp, dW, Mp));
+    column_sums_share(g, N, Mp, Mp, db, nullptr, 0.f);
+  }
+}
+
+// This thread's share of WT (cols, ldwt) = W (rows, ldw)^T, in blocks of 8 output rows.
+// Columns of WT past `rows` are left alone (the callers zero them once).
+inline void transpose_share(const float* W, int64_t ldw, int rows, int cols, float* WT, int64_t ldwt) {
+  int64_t b, e;
+  my_share((cols + 7) / 8, &b, &e);
+  int64_t j = b * 8;
+  const int64_t j1 = min64(e * 8, cols);
+#if defined(__AVX2__)
+  for (; j + 8 <= j1; j += 8) {
+    int k = 0;
+    for (; k + 8 <= rows; k += 8) transpose8x8(W + (int64_t)k * ldw + j, ldw, WT + j * ldwt + k, ldwt);
+    for (; k < rows; ++k)
+      for (int jj = 0; jj < 8; ++jj) WT[(j + jj) * ldwt + k] = W[(int64_t)k * ldw + j + jj];
+  }
+#endif
+  for (; j < j1; ++j)
+    for (int k = 0; k < rows; ++k) WT[j * ldwt + k] = W[(int64_t)k * ldw + j];
+}
+
+// dpre (rows [r0, r1), ld) = tanh_grad(dy, y), the tanh backward on its own.
+inline void tanh_backward_rows(const float* dy, const float* y, int64_t ld, int64_t r0, int64_t r1, float* dpre) {
+  for (int64_t i = r0 * ld; i < r1 * ld; i += VW) storeu(dpre + i, tanh_grad(loadu(dy + i), loadu(y + i)));
+}
+
+// ---------------------------------------------------------------------------
+// Dropout on the hidden layer (inverted): hd = h * s, dt = tanh_grad(s, h), where the
+// multiplier s is 1/(1-p) for a kept unit and 0 for a dropped one (and for pads).
+// ---------------------------------------------------------------------------
+struct Dropout {
+  float p = 0.f;                // probability of dropping a hidden unit; 0 = off
+  uint32_t key = 0;             // this step's mask key (dropout_key)
+  const float* mask = nullptr;  // explicit (N, H) multipliers instead of drawn ones
+  bool on() const { return p > 0.f || mask != nullptr; }
+};
+
+inline void dropout_rows(const Dropout& dr, const float* h, int H, int Hp, int64_t r0, int64_t r1, float* hd,
+                         float* dt) {
+  const uint32_t threshold = (uint32_t)((double)dr.p * 4294967296.0);
+  const float keep_scale = 1.f / (1.f - dr.p);
+  for (int64_t i = r0; i < r1; ++i) {
+    const float* hi = h + i * Hp;
+    float* hdi = hd + i * Hp;
+    float* dti = dt + i * Hp;
+    // branch-free loops, so the compiler vectorises the hash
+    if (dr.mask) {
+      for (int j = 0; j < H; ++j) dti[j] = dr.mask[i * H + j];
+    } else {
+      const uint32_t base = (uint32_t)(i * H);
+      for (int j = 0; j < H; ++j) dti[j] = mix32((base + (uint32_t)j) ^ dr.key) >= threshold ? keep_scale : 0.f;
+    }
+    for (int j = H; j < Hp; ++j) dti[j] = 0.f;
+    for (int j = 0; j < Hp; j += VW) {
+      const vf s = loadu(dti + j), hv = loadu(hi + j);
+      storeu(hdi + j, hv * s);
+      storeu(dti + j, tanh_grad(s, hv));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Softmax cross-entropy
+// ---------------------------------------------------------------------------
+
+// One row z (round_up(V, VW) readable floats; the pad lanes are ignored) with target y:
+// returns the loss, and if d is given writes d(loss)/dz * scale (pad lanes 0).
+// Subtracting the row max keeps exp finite; NaN anywhere in the row reaches the sum.
+inline float xent_row(const float* z, int32_t y, int V, float* d, float scale) {
+  const vi lane = lane_index();
+  const vf neg_inf = splat(-INFINITY);
+  vf mv = neg_inf;
+  for (int v = 0; v < V; v += VW) mv = vmax(select(lane < V - v, loadu(z + v), neg_inf), mv);
+  const float m = hmax(mv);
+  const vf msplat = splat(m);
+  vf sumv = {};
+  for (int v = 0; v < V; v += VW) {
+    const vf e = select(lane < V - v, exp_v(loadu(z + v) - msplat), vf{});
+    sumv += e;
+    if (d) storeu(d + v, e);
+  }
+  const float sum = hsum(sumv);
+  const float loss = logf(sum) - (z[y] - m);
+  if (d) {
+    const vf k = splat(scale / sum);
+    for (int v = 0; v < V; v += VW) storeu(d + v, loadu(d + v) * k);
+    d[y] -= scale;
+  }
+  return loss;
+}
+
+// Rows [r0, r1) of logits (N, ld): row_loss[i], and dlogits (N, ld) if given. A target
+// outside [0, V) (Y changed during the call) flags ex and counts as 0.
+inline void xent_rows(const float* logits, int64_t ld, const int32_t* Y, int V, int64_t r0, int64_t r1,
+                      float* dlogits, float scale, float* row_loss, Exec& ex) {
+  for (int64_t i = r0; i < r1; ++i) {
+    int32_t y = Y[i];
+    if ((uint32_t)y >= (uint32_t)V) {
+      flag_bad_index(ex);
+      y = 0;
+    }
+    row_loss[i] = xent_row(logits + i * ld, y, V, dlogits ? dlogits + i * ld : nullptr, scale);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Standalone kernels: the same functions on all rows, on a team of ex.threads when
+// the work is large enough; inputs and outputs in the caller's (unpadded) layout.
+// ---------------------------------------------------------------------------
+inline bool big_enough(const Exec& ex, int64_t work) { return ex.threads > 1 && work >= kParallelMacs; }
+
+void embedding_forward(const float* C, const int32_t* X, float* emb, int64_t N, int T, int E, int V, Exec& ex) {
+#ifdef _OPENMP
+#pragma omp parallel num_threads(ex.threads) if (big_enough(ex, N * T * E * 4))
+#endif
+  {
+    int64_t r0, r1;
+    my_share(N, &r0, &r1);
+    embedding_forward_rows(C, V, E, X, T, r0, r1, emb, ex);
+  }
+}
+
+void embedding_backward(const float* d_emb, const int32_t* X, float* dC, int64_t N, int T, int E, int V, Exec& ex) {
+#ifdef _OPENMP
+#pragma omp parallel num_threads(ex.threads) if (big_enough(ex, N * T * E * 4))
+#endif
+  embedding_backward_share(d_emb, (int64_t)T * E, X, N, T, E, V, dC, ex);
+}
+
+// A (rows, cols) matrix in the padded layout: the caller's memory when cols is already
+// a whole number of vectors, else a padded copy.
+struct Padded {
+  Buf buf;
+  const float* p;
+  int ld;
+  Padded(const float* src, int64_t rows, int cols) : ld(round_up(cols, VW)) {
+    if (ld == cols) {
+      p = src;
+    } else {
+      float* d = buf.get((size_t)rows * ld);
+      copy_pad(src, cols, rows, cols, d, ld);
+      p = d;
+    }
+  }
+};
+
+void linear_forward(const float* x, const float* W, const float* b, float* y, int64_t N, int K, int M, bool tanh,
+                    Exec& ex) {
+  const Padded Wp(W, K, M), bp(b, 1, M);
+  const int Mp = Wp.ld;
+  Buf yb;
+  float* yp = Mp == M ? y : yb.get((size_t)N * Mp);
+#ifdef _OPENMP
+#pragma omp parallel num_threads(ex.threads) if (big_enough(ex, N * K * M))
+#endif
+  {
+    int64_t r0, r1;
+    my_share(N, &r0, &r1);
+    if (tanh)
+      linear_forward_rows<true>(x, K, K, Wp.p, Mp, bp.p, yp, r0, r1);
+    else
+      linear_forward_rows<false>(x, K, K, Wp.p, Mp, bp.p, yp, r0, r1);
+    if (yp != y) copy_unpad(yp + r0 * Mp, Mp, r1 - r0, M, y + r0 * M);
+  }
+}
+
+// From dy (N, M): dx (N, K) = g W^T, dW (K, M) = x^T g, db = column sums of g, where
+// g = dy, or tanh_grad(dy, y_tanh) when the forward's tanh output y_tanh is given.
+void linear_backward(const float* dy, const float* x, const float* W, const float* y_tanh, float* dx, float* dW,
+                     float* db, int64_t N, int K, int M, Exec& ex) {
+  const int Mp = round_up(M, VW), Kp = round_up(K, VW);
+  Buf gb, yb, wtb, dxb, dwb, dbb;
+  float* g = gb.get((size_t)N * Mp);
+  copy_pad(dy, M, N, M, g, Mp);
+  if (y_tanh) {
+    float* yp = yb.get((size_t)N * Mp);
+    copy_pad(y_tanh, M, N, M, yp, Mp);
+    tanh_backward_rows(g, yp, Mp, 0, N, g);
+  }
+  float* WT = wtb.get((size_t)M * Kp);
+  memset(WT, 0, sizeof(float) * (size_t)M * Kp);
+  float* dxp = Kp == K ? dx : dxb.get((size_t)N * Kp);
+  float* dWp = Mp == M ? dW : dwb.get((size_t)K * Mp);
+  float* dbp = dbb.get(Mp);
+#ifdef _OPENMP
+#pragma omp parallel num_threads(ex.threads) if (big_enough(ex, N * K * M))
+#endif
+  {
+    transpose_share(W, M, K, M, WT, Kp);
+    team_barrier();
+    int64_t r0, r1;
+    my_share(N, &r0, &r1);
+    linear_backward_input_rows<kStore>(g, Mp, M, WT, Kp, dxp, nullptr, r0, r1);
+    if (dxp != dx) copy_unpad(dxp + r0 * Kp, Kp, r1 - r0, K, dx + r0 * K);
+    linear_backward_weight_share(x, K, K, g, Mp, N, dWp, dbp, nullptr, nullptr, 0.f);
+  }
+  if (dWp != dW) copy_unpad(dWp, Mp, K, M, dW);
+  memcpy(db, dbp, sizeof(float) * M);
+}
+
+// Sum of the per-row losses of logits (N, V) against Y (N,), summed in row order in
+// double (the same for any thread count); dlogits (N, V) = d(mean loss)/d(logits) if given.
+double cross_entropy(const float* logits, const int32_t* Y, float* dlogits, int64_t N, int V, Exec& ex) {
+  const Padded z(logits, N, V);
+  const int Vp = z.ld;
+  Buf db, lb;
+  float* d = dlogits == nullptr ? nullptr : Vp == V ? dlogits : db.get((size_t)N * Vp);
+  float* row_loss = lb.get((size_t)N);
+#ifdef _OPENMP
+#pragma omp parallel num_threads(ex.threads) if (big_enough(ex, N * V * 16))
+#endif
+  {
+    int64_t r0, r1;
+    my_share(N, &r0, &r1);
+    xent_rows(z.p, Vp, Y, V, r0, r1, d, 1.0f / (float)N, row_loss, ex);
+    if (d && d != dlogits) copy_unpad(d + r0 * Vp, Vp, r1 - r0, V, dlogits + r0 * V);
+  }
+  double s = 0.0;
+  for (int64_t i = 0; i < N; ++i) s += row_loss[i];
+  return s;
+}

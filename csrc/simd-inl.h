@@ -1,0 +1,176 @@
+// SIMD vocabulary of one ISA build: the vector type, loads and stores, horizontal
+// folds, exp and tanh, and the 8x8 transpose. Included by kernels.cpp inside the
+// build's own namespace (fastmlp::<isa>), so every function here is compiled once per
+// instruction set under its own name.
+//
+// Vectors use the GCC/Clang vector extension: one source, lowered to SSE2, AVX2+FMA,
+// AVX-512 or NEON by the flags the build passes.
+
+#if defined(__AVX512F__)
+constexpr int VW = 16;      // floats per register
+constexpr int GEMM_MR = 6;  // rows of a register tile
+constexpr int GEMM_NV = 4;  // registers per tile row
+#elif defined(__AVX2__)
+constexpr int VW = 8;
+constexpr int GEMM_MR = 6;
+constexpr int GEMM_NV = 2;
+#else
+constexpr int VW = 4;
+constexpr int GEMM_MR = 4;
+constexpr int GEMM_NV = 3;
+#endif
+
+typedef float vf __attribute__((vector_size(VW * sizeof(float))));
+typedef int32_t vi __attribute__((vector_size(VW * sizeof(int32_t))));
+
+inline vf splat(float a) { return vf{} + a; }
+inline vf loadu(const float* p) {
+  vf v;
+  memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void storeu(float* p, vf v) { memcpy(p, &v, sizeof v); }
+// First n (<= VW) lanes from p, the rest zero.
+inline vf load_part(const float* p, int n) {
+  if (n >= VW) return loadu(p);
+  vf v = {};
+  memcpy(&v, p, (size_t)n * sizeof(float));
+  return v;
+}
+inline void store_part(float* p, vf v, int n) {
+  if (n >= VW)
+    storeu(p, v);
+  else
+    memcpy(p, &v, (size_t)n * sizeof(float));
+}
+inline vf select(vi mask, vf a, vf b) { return (vf)(((vi)a & mask) | ((vi)b & ~mask)); }
+inline vf vmax(vf a, vf b) { return select(a > b, a, b); }  // NaN in a is skipped
+
+// Horizontal sum and max: a tree of shuffles where the compiler has
+// __builtin_shufflevector (GCC >= 12, Clang), lane by lane elsewhere.
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
+#if defined(__AVX512F__)
+#define FASTMLP_FOLD(v, OP)                                                                      \
+  v = OP(v, __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7)); \
+  v = OP(v, __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11)); \
+  v = OP(v, __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13)); \
+  v = OP(v, __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14));
+#elif defined(__AVX2__)
+#define FASTMLP_FOLD(v, OP)                                          \
+  v = OP(v, __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3)); \
+  v = OP(v, __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5)); \
+  v = OP(v, __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6));
+#else
+#define FASTMLP_FOLD(v, OP)                              \
+  v = OP(v, __builtin_shufflevector(v, v, 2, 3, 0, 1)); \
+  v = OP(v, __builtin_shufflevector(v, v, 1, 0, 3, 2));
+#endif
+inline vf vadd(vf a, vf b) { return a + b; }
+inline float hsum(vf v) {
+  FASTMLP_FOLD(v, vadd)
+  return v[0];
+}
+inline float hmax(vf v) {
+  FASTMLP_FOLD(v, vmax)
+  return v[0];
+}
+#undef FASTMLP_FOLD
+#else
+inline float hsum(vf v) {
+  float s = 0.f;
+  for (int i = 0; i < VW; ++i) s += v[i];
+  return s;
+}
+inline float hmax(vf v) {
+  float m = v[0];
+  for (int i = 1; i < VW; ++i) m = v[i] > m ? v[i] : m;
+  return m;
+}
+#endif
+inline vi lane_index() {
+  vi l;
+  for (int i = 0; i < VW; ++i) l[i] = i;
+  return l;
+}
+inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int round_up(int n, int m) { return (n + m - 1) / m * m; }
+
+// exp(x) for float32, Cephes' expf: Cody-Waite reduction by ln 2 and a degree-5
+// polynomial, ~1 ulp over the range. Inputs above 88.37 are clamped (the result
+// stays finite); results below the smallest normal float (x < -87.33) are flushed
+// to 0, an absolute error below 1.2e-38; NaN propagates.
+inline vf exp_v(vf x) {
+  const vf hi = splat(88.3762626647949f), lo = splat(-87.3365447504019f);
+  const vi underflow = x < lo;
+  x = select(x > hi, hi, x);
+  x = select(underflow, lo, x);
+  // round(x / ln2) by the 1.5 * 2^23 trick (exact for |x / ln2| < 2^22)
+  const vf magic = splat(12582912.0f);
+  vf fx = (x * splat(1.44269504088896341f) + magic) - magic;
+  x = x - fx * splat(0.693359375f);
+  x = x - fx * splat(-2.12194440e-4f);
+  vf z = x * x;
+  vf y = splat(1.9875691500E-4f);
+  y = y * x + splat(1.3981999507E-3f);
+  y = y * x + splat(8.3334519073E-3f);
+  y = y * x + splat(4.1665795894E-2f);
+  y = y * x + splat(1.6666665459E-1f);
+  y = y * x + splat(5.0000001201E-1f);
+  y = y * z + x + splat(1.0f);
+  vi n = __builtin_convertvector(fx, vi);
+  vf pow2n = (vf)((n + 127) << 23);
+  return select(underflow, vf{}, y * pow2n);
+}
+
+// tanh(x) for float32 (Cephes' tanhf): an odd polynomial for |x| < 0.625,
+// 1 - 2 / (exp(2|x|) + 1) above, sign restored. A few ulp; NaN propagates.
+inline vf tanh_v(vf x) {
+  const vi sign_mask = (vi){} + (int32_t)0x80000000;
+  vi sign = (vi)x & sign_mask;
+  vf ax = (vf)((vi)x & ~sign_mask);
+  vf z = x * x;
+  vf p = splat(-5.70498872745E-3f);
+  p = p * z + splat(2.06390887954E-2f);
+  p = p * z + splat(-5.37397155531E-2f);
+  p = p * z + splat(1.33314422036E-1f);
+  p = p * z + splat(-3.33332819422E-1f);
+  vf small = p * z * ax + ax;
+  vf e = exp_v(ax + ax);
+  vf big = splat(1.0f) - splat(2.0f) / (e + splat(1.0f));
+  vf r = select(ax < splat(0.625f), small, big);
+  return (vf)((vi)r | sign);
+}
+
+// d(loss)/d(pre) = dy * (1 - y^2) for y = tanh(pre): the one formula of tanh's
+// backward pass, used by the standalone kernel and the fused products' epilogues alike.
+inline vf tanh_grad(vf dy, vf y) { return dy * (splat(1.f) - y * y); }
+
+#if defined(__AVX2__)
+// out rows 0..7 = columns 0..7 of the 8x8 block at in (leading dimensions ldi, ldo).
+inline void transpose8x8(const float* in, int64_t ldi, float* out, int64_t ldo) {
+  const __m256 r0 = _mm256_loadu_ps(in), r1 = _mm256_loadu_ps(in + ldi), r2 = _mm256_loadu_ps(in + 2 * ldi),
+               r3 = _mm256_loadu_ps(in + 3 * ldi), r4 = _mm256_loadu_ps(in + 4 * ldi),
+               r5 = _mm256_loadu_ps(in + 5 * ldi), r6 = _mm256_loadu_ps(in + 6 * ldi),
+               r7 = _mm256_loadu_ps(in + 7 * ldi);
+  const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+  const __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+  const __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+  const __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+  const __m256 s0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 s1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 s2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 s3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 s4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 s5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 s6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 s7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+  _mm256_storeu_ps(out, _mm256_permute2f128_ps(s0, s4, 0x20));
+  _mm256_storeu_ps(out + ldo, _mm256_permute2f128_ps(s1, s5, 0x20));
+  _mm256_storeu_ps(out + 2 * ldo, _mm256_permute2f128_ps(s2, s6, 0x20));
+  _mm256_storeu_ps(out + 3 * ldo, _mm256_permute2f128_ps(s3, s7, 0x20));
+  _mm256_storeu_ps(out + 4 * ldo, _mm256_permute2f128_ps(s0, s4, 0x31));
+  _mm256_storeu_ps(out + 5 * ldo, _mm256_permute2f128_ps(s1, s5, 0x31));
+  _mm256_storeu_ps(out + 6 * ldo, _mm256_permute2f128_ps(s2, s6, 0x31));
+  _mm256_storeu_ps(out + 7 * ldo, _mm256_permute2f128_ps(s3, s7, 0x31));
+}
+#endif

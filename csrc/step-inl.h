@@ -1,0 +1,261 @@
+// The training step, built from the layers: forward and backward of one batch on a team
+// of threads, the per-batch gradient kernel (mlp_loss_and_grad) and the fused training
+// loop (train_steps) with its minibatch sampler and optimizers.
+
+// Workspace of one step, reused across steps; allocated before any parallel region.
+struct StepWork {
+  Buf b_emb, b_h, b_logits, b_dlogits, b_dpre, b_demb, b_w1t, b_w2t, b_dC, b_loss, b_X[2], b_Y[2], b_ix, b_hd, b_dt,
+      b_colsum;
+  float *emb, *h, *logits, *dlogits, *dpre, *demb, *w1t, *w2t, *dC, *row_loss;
+  float* colsum;           // the bias gradients' column sums when the update is fused, (Vp + Hp)
+  float *hd, *dt;          // dropout: h * mask and mask * (1 - h^2), (B, Hp)
+  int32_t *Xb[2], *Yb[2];  // two batches: the next one is drawn while the current one is finished
+  int64_t* ix;             // the example indices of a batch
+  void prepare(const Layout& L, int64_t B) {
+    emb = b_emb.get((size_t)(B * L.TE));          // (B, TE)
+    h = b_h.get((size_t)(B * L.Hp));              // (B, Hp)
+    logits = b_logits.get((size_t)(B * L.Vp));    // (B, Vp)
+    dlogits = b_dlogits.get((size_t)(B * L.Vp));  // (B, Vp)
+    dpre = b_dpre.get((size_t)(B * L.Hp));        // d(loss)/d(pre-activation), (B, Hp)
+    demb = b_demb.get((size_t)(B * L.TEp));       // (B, TEp)
+    w1t = b_w1t.get((size_t)L.H * L.TEp);         // W1^T (H, TEp)
+    w2t = b_w2t.get((size_t)L.V * L.Hp);          // W2^T (V, Hp)
+    memset(w1t, 0, sizeof(float) * L.H * L.TEp);  // pad columns: zero for good, transposes skip them
+    memset(w2t, 0, sizeof(float) * L.V * L.Hp);
+    dC = b_dC.get((size_t)L.V * L.E);
+    row_loss = b_loss.get((size_t)B);
+    colsum = b_colsum.get((size_t)(L.Vp + L.Hp));
+    hd = b_hd.get((size_t)(B * L.Hp));
+    dt = b_dt.get((size_t)(B * L.Hp));
+    ix = b_ix.get_as<int64_t>((size_t)B);
+    for (int i = 0; i < 2; ++i) {
+      Xb[i] = b_X[i].get_as<int32_t>((size_t)(B * L.T));
+      Yb[i] = b_Y[i].get_as<int32_t>((size_t)B);
+    }
+  }
+};
+
+// Forward and backward of one batch (Yb, with ws.emb gathered), run by every thread of
+// the current team (or one thread outside a team). Each thread owns a contiguous range
+// of the batch's rows and takes them through the forward pass, the loss and the
+// row-wise backward products without waiting for the others; the weight gradients,
+// which sum over all rows, are shared out by weight rows. Two barriers.
+// G given: gradients go to G. G null: the SGD update W -= lr * grad is fused into the
+// weight-gradient products. Returns the mean loss (the same on every thread); if it is
+// not finite nothing is updated. On return this thread's share of the weight products
+// is done, not necessarily the others'; demb (all rows) is complete.
+double step_team(const PadWeights& W, const PadWeights* G, float lr, const Layout& L, int64_t B, const int32_t* Yb,
+                 StepWork& ws, const Dropout& dr, Exec& ex) {
+  const int TE = L.TE, H = L.H, V = L.V, Hp = L.Hp, Vp = L.Vp, TEp = L.TEp;
+  int64_t r0, r1;
+  my_share(B, &r0, &r1);
+  linear_forward_rows<true>(ws.emb, TE, TE, W.W1, Hp, W.b1, ws.h, r0, r1);  // h = tanh(emb W1 + b1)
+  const float* hout = ws.h;                                                 // what the output layer sees
+  if (dr.on()) {
+    dropout_rows(dr, ws.h, H, Hp, r0, r1, ws.hd, ws.dt);
+    hout = ws.hd;
+  }
+  linear_forward_rows<false>(hout, Hp, H, W.W2, Vp, W.b2, ws.logits, r0, r1);  // logits = h W2 + b2
+  xent_rows(ws.logits, Vp, Yb, V, r0, r1, ws.dlogits, 1.0f / (float)B, ws.row_loss, ex);
+  // and a share of the transposed weights the backward pass reads, made before any update
+  transpose_share(W.W2, Vp, H, V, ws.w2t, Hp);
+  transpose_share(W.W1, Hp, TE, H, ws.w1t, TEp);
+  team_barrier();
+  double loss = 0.0;  // every thread sums the same numbers in the same order
+  for (int64_t i = 0; i < B; ++i) loss += ws.row_loss[i];
+  loss /= (double)B;
+  if (!__builtin_isfinite(loss)) return loss;
+
+  // this thread's rows: dpre = tanh_grad(dlogits W2^T, h) [through the mask]; demb = dpre W1^T
+  if (dr.on())
+    linear_backward_input_rows<kMul>(ws.dlogits, Vp, V, ws.w2t, Hp, ws.dpre, ws.dt, r0, r1);
+  else
+    linear_backward_input_rows<kTanhGrad>(ws.dlogits, Vp, V, ws.w2t, Hp, ws.dpre, ws.h, r0, r1);
+  linear_backward_input_rows<kStore>(ws.dpre, Hp, H, ws.w1t, TEp, ws.demb, nullptr, r0, r1);
+  // the weights, which need every row: W2 now, W1 once all of dpre is there
+  if (G)
+    linear_backward_weight_share(hout, Hp, H, ws.dlogits, Vp, B, G->W2, G->b2, nullptr, nullptr, 0.f);
+  else
+    linear_backward_weight_share(hout, Hp, H, ws.dlogits, Vp, B, nullptr, ws.colsum, W.W2, W.b2, lr);
+  team_barrier();
+  if (G)
+    linear_backward_weight_share(ws.emb, TE, TE, ws.dpre, Hp, B, G->W1, G->b1, nullptr, nullptr, 0.f);
+  else
+    linear_backward_weight_share(ws.emb, TE, TE, ws.dpre, Hp, B, nullptr, ws.colsum + Vp, W.W1, W.b1, lr);
+  return loss;
+}
+
+// This thread's rows of a batch's embeddings, gathered from C.
+inline void gather_share(const PadWeights& W, const Layout& L, int64_t B, const int32_t* Xb, float* emb, Exec& ex) {
+  int64_t r0, r1;
+  my_share(B, &r0, &r1);
+  embedding_forward_rows(W.C, L.V, L.E, Xb, L.T, r0, r1, emb, ex);
+}
+
+// The contexts Xb (B, T) and targets Yb (B,) of step `step`: explicit example indices,
+// or drawn with the RNG. Indices are drawn first and their rows prefetched, so the
+// (cache-missing) loads overlap. Every value read from the caller's arrays is checked:
+// they may have been changed by another thread since the bindings checked them.
+inline void sample_batch(const TrainArgs& a, const Layout& L, int64_t step, int32_t* X, int32_t* Y, int64_t* ix,
+                         Exec& ex) {
+  const int B = a.batch_size;
+  for (int b = 0; b < B; ++b) {
+    int64_t i = a.batches ? a.batches[step * B + b] : (int64_t)rng_below(a.rng_state, (uint64_t)a.n_examples);
+    if ((uint64_t)i >= (uint64_t)a.n_examples) {
+      flag_bad_index(ex);
+      i = 0;
+    }
+    ix[b] = i;
+    __builtin_prefetch(a.X + i * L.T);
+    __builtin_prefetch(a.Y + i);
+  }
+  for (int b = 0; b < B; ++b) {
+    const int32_t* src = a.X + ix[b] * L.T;
+    for (int t = 0; t < L.T; ++t) {
+      const int32_t v = src[t];
+      if ((uint32_t)v >= (uint32_t)L.V) flag_bad_index(ex);
+      X[(int64_t)b * L.T + t] = (uint32_t)v < (uint32_t)L.V ? v : 0;
+    }
+    const int32_t y = a.Y[ix[b]];
+    if ((uint32_t)y >= (uint32_t)L.V) flag_bad_index(ex);
+    Y[b] = (uint32_t)y < (uint32_t)L.V ? y : 0;
+  }
+}
+
+inline Dropout step_dropout(const TrainArgs& a, int64_t s) {
+  Dropout dr;
+  dr.p = a.dropout;
+  if (a.dropout > 0.f) dr.key = dropout_key(a.dropout_seed, a.step0 + s);
+  return dr;
+}
+
+// One optimizer step on every parameter tensor (padded layout), shared out over the team.
+inline void optimizer_share(const Optimizer& o, const PadWeights& W, const PadWeights& G, const PadWeights& S0,
+                            const PadWeights* S1, const Layout& L, float lr, int64_t t) {
+  float* const p[5] = {W.C, W.W1, W.b1, W.W2, W.b2};
+  float* const g[5] = {G.C, G.W1, G.b1, G.W2, G.b2};
+  float* const s0[5] = {S0.C, S0.W1, S0.b1, S0.W2, S0.b2};
+  const int64_t n[5] = {(int64_t)L.V * L.E, (int64_t)L.TE * L.Hp, L.Hp, (int64_t)L.H * L.Vp, L.Vp};
+  for (int k = 0; k < 5; ++k) {
+    float* s1 = S1 ? (k == 0 ? S1->C : k == 1 ? S1->W1 : k == 2 ? S1->b1 : k == 3 ? S1->W2 : S1->b2) : nullptr;
+    int64_t i0, i1;
+    block_share(n[k], &i0, &i1);
+    if (i1 > i0) optimizer_rule(o, p[k] + i0, g[k] + i0, s0[k] + i0, s1 ? s1 + i0 : nullptr, i1 - i0, lr, t);
+  }
+}
+
+inline Params params_of(const MutParams& p) { return {p.C, p.W1, p.b1, p.W2, p.b2}; }
+
+// Batches with at least this many multiply-adds a step run on a team (measured on 2
+// cores: the lecture's 1.1M already gains).
+constexpr int64_t kTeamMacs = 1 << 19;
+
+inline bool use_team(const Layout& L, int64_t B, const Exec& ex) {
+  const int64_t macs = 3 * B * ((int64_t)L.TE * L.H + (int64_t)L.H * L.V);
+  return ex.threads > 1 && macs >= kTeamMacs;
+}
+
+// Mean loss and gradients (in the caller's layout, overwritten) of one batch: the
+// training step's own code, with the gradients kept instead of applied.
+double mlp_loss_and_grad(const Params& P, const Dims& d, const int32_t* X, const int32_t* Y, int64_t N,
+                         const MutParams& grads, const float* dropout_mask, Exec& ex) {
+  const Layout L = layout_of(d);
+  const PaddedCopy M(P, L);  // only read: step_team writes weights only when G is null
+  PaddedCopy G(L);
+  StepWork ws;
+  ws.prepare(L, N);
+  Dropout dr;
+  dr.mask = dropout_mask;
+  double loss = 0.0;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(ex.threads) if (use_team(L, N, ex))
+#endif
+  {
+    gather_share(M.w, L, N, X, ws.emb, ex);  // the rows this thread's forward pass reads
+    const double l = step_team(M.w, &G.w, 0.f, L, N, Y, ws, dr, ex);
+    if (__builtin_isfinite(l)) embedding_backward_share(ws.demb, L.TEp, X, N, L.T, L.E, L.V, G.w.C, ex);
+    if (team_rank() == 0) loss = l;
+  }
+  G.copy_out(L, grads);
+  return loss;
+}
+
+// Runs a.steps steps in place on P. Returns the number completed: fewer when a loss
+// became NaN/inf (a.losses[done] holds it; the parameters are those before that step),
+// when *a.stop became nonzero (ex.stopped) or an index was out of range (ex.bad_index).
+int64_t train_steps(const MutParams& P, const Dims& d, const TrainArgs& a, Exec& ex) {
+  const Layout L = layout_of(d);
+  PaddedCopy M(params_of(P), L);  // C (and C's optimizer state below) is updated in place
+  // With an optimizer the gradients go to G, then its update runs with state S0
+  // (momentum buffers or exp_avg) and S1 (exp_avg_sq). Plain SGD needs neither: its
+  // update is fused into the gradient products.
+  const Optimizer* o = a.opt;
+  PaddedCopy* G = nullptr;
+  PaddedCopy* S0 = nullptr;
+  PaddedCopy* S1 = nullptr;
+  struct Owner {  // frees them on every way out, an exception included
+    PaddedCopy** p[3];
+    ~Owner() {
+      for (auto q : p) delete *q;
+    }
+  } owner{{&G, &S0, &S1}};
+  if (o) {
+    G = new PaddedCopy(L);
+    S0 = new PaddedCopy(params_of(o->slot[0]), L);
+    if (o->kind == kAdamW) S1 = new PaddedCopy(params_of(o->slot[1]), L);
+  }
+  StepWork ws;
+  const int64_t B = a.batch_size;
+  ws.prepare(L, B);
+  int64_t done = 0;
+  int quit[2] = {0, 0};  // written by one thread in step s (slot s & 1), read by all after its barrier
+  if (a.steps <= 0) return 0;
+  sample_batch(a, L, 0, ws.Xb[0], ws.Yb[0], ws.ix, ex);
+  if (ex.bad_index) return 0;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(ex.threads) if (use_team(L, B, ex))
+#endif
+  {
+    gather_share(M.w, L, B, ws.Xb[0], ws.emb, ex);
+    for (int64_t s = 0; s < a.steps; ++s) {
+      const float lr = a.lrs[s];
+      const int cur = (int)(s & 1), nxt = cur ^ 1;
+      const double loss = step_team(M.w, G ? &G->w : nullptr, lr, L, B, ws.Yb[cur], ws, step_dropout(a, s), ex);
+      if (!__builtin_isfinite(loss)) {  // every thread sees the same loss: all leave together
+        if (team_rank() == 0) {
+          a.losses[s] = (float)loss;
+          done = s;
+        }
+        break;
+      }
+      // the embedding table: dC on this thread's rows of C, and its SGD update there
+      embedding_backward_share(ws.demb, L.TEp, ws.Xb[cur], B, L.T, L.E, L.V, G ? G->w.C : ws.dC, ex,
+                               G ? nullptr : M.w.C, lr);
+      if (G) {  // the optimizer needs every gradient
+        team_barrier();
+        optimizer_share(*o, M.w, G->w, S0->w, S1 ? &S1->w : nullptr, L, lr, o->step + s + 1);
+      }
+      // one thread: the bookkeeping and the next batch; the single's barrier ends the step
+#ifdef _OPENMP
+#pragma omp single
+#endif
+      {
+        a.losses[s] = (float)loss;
+        done = s + 1;
+        int q = (a.stop && *a.stop) ? 1 : 0;
+        if (q) ex.stopped = 1;
+        if (!q && s + 1 < a.steps) {
+          sample_batch(a, L, s + 1, ws.Xb[nxt], ws.Yb[nxt], ws.ix, ex);
+          q = ex.bad_index;
+        }
+        quit[cur] = q;
+      }
+      if (quit[cur] || s + 1 == a.steps) break;
+      gather_share(M.w, L, B, ws.Xb[nxt], ws.emb, ex);  // the only rows this thread's next forward reads
+    }
+  }
+  M.copy_out(L, P);
+  if (S0) S0->copy_out(L, o->slot[0]);
+  if (S1) S1->copy_out(L, o->slot[1]);
+  return done;
+}

@@ -1,0 +1,139 @@
+"""Search spaces: which TrainConfig fields a sweep varies, and how.
+
+A space is a JSON (or TOML) object whose keys name parameters:
+
+    {"n_hidden": {"low": 64, "high": 1024, "log": true},        # an int range (ints give ints)
+     "dropout": {"low": 0.0, "high": 0.3},                       # a float range
+     "optimizer": {"choices": ["sgd", "adamw"]},                 # a choice
+     "lr_adamw": {"field": "learning_rate", "low": 3e-4, "high": 1e-2, "log": true,
+                  "when": {"optimizer": "adamw"}},               # only when optimizer is adamw
+     "init": "scaled"}                                           # fixed
+
+A parameter sets the TrainConfig field of its name, or of "field". "when" makes it
+conditional on values suggested earlier in the file. Ranges take "step" too.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Dict, List
+
+from ..config import TrainConfig
+
+FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+NOT_SWEPT = {"input_file", "work_dir", "num_threads", "eval_test"}  # the sweep sets these
+
+# Around what worked (README, "Beating 2.17"): context, width, AdamW or SGD, decay, dropout.
+DEFAULT_SPACE: Dict[str, Any] = {
+    "block_size": {"low": 3, "high": 12},
+    "n_embd": {"low": 8, "high": 48, "log": True},
+    "n_hidden": {"low": 64, "high": 1024, "log": True},
+    "optimizer": {"choices": ["sgd", "adamw"]},
+    "lr_sgd": {"field": "learning_rate", "low": 0.02, "high": 0.5, "log": True, "when": {"optimizer": "sgd"}},
+    "lr_adamw": {"field": "learning_rate", "low": 3e-4, "high": 1e-2, "log": True, "when": {"optimizer": "adamw"}},
+    "momentum": {"choices": [0.0, 0.9], "when": {"optimizer": "sgd"}},
+    "wd_sgd": {"field": "weight_decay", "low": 1e-6, "high": 1e-2, "log": True, "when": {"optimizer": "sgd"}},
+    "wd_adamw": {"field": "weight_decay", "low": 1e-3, "high": 0.5, "log": True, "when": {"optimizer": "adamw"}},
+    "dropout": {"low": 0.0, "high": 0.3},
+    "batch_size": {"choices": [32, 64, 128, 256]},
+    "max_steps": {"low": 5000, "high": 30000, "step": 5000},
+    "init": "scaled",
+    "lr_schedule": "cosine",
+    "eval_interval": 1000,
+}
+
+
+class SpaceError(ValueError):
+    pass
+
+
+@dataclasses.dataclass
+class Param:
+    name: str
+    field: str
+    kind: str                 # "int", "float", "choice" or "fixed"
+    spec: Any
+    when: Dict[str, Any]
+
+
+def load_space(path=None) -> List[Param]:
+    """The space in a file (JSON, or TOML by its .toml suffix), or the default one."""
+    if path is None:
+        return parse_space(DEFAULT_SPACE, "the default space")
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpaceError(f"cannot read --space {str(p)!r}: {getattr(e, 'strerror', None) or e}") from None
+    try:
+        if p.suffix.lower() == ".toml":
+            try:
+                import tomllib
+            except ImportError:  # Python < 3.11
+                import tomli as tomllib  # type: ignore[no-redef]
+            raw = tomllib.loads(text)
+        else:
+            raw = json.loads(text)
+    except ImportError:
+        raise SpaceError("a TOML space needs Python 3.11+ (or `pip install tomli`); JSON works everywhere") from None
+    except ValueError as e:
+        raise SpaceError(f"--space {str(p)!r} is not valid {'TOML' if p.suffix == '.toml' else 'JSON'}: {e}") from None
+    return parse_space(raw, f"--space {str(p)!r}")
+
+
+def parse_space(raw, where: str) -> List[Param]:
+    if not isinstance(raw, dict):
+        raise SpaceError(f"{where} must be an object of parameters, got {type(raw).__name__}")
+    params, seen = [], set()
+    for name, spec in raw.items():
+        field = spec.get("field", name) if isinstance(spec, dict) else name
+        if field not in FIELDS or field in NOT_SWEPT:
+            raise SpaceError(f"{where}: {name!r} is not a TrainConfig field a sweep can set "
+                             f"(fields: {', '.join(sorted(FIELDS - NOT_SWEPT))})")
+        when = spec.get("when", {}) if isinstance(spec, dict) else {}
+        if not isinstance(when, dict) or not set(when) <= seen:
+            raise SpaceError(f"{where}: {name!r} has a 'when' on parameters not defined before it: {when!r}")
+        if not isinstance(spec, dict):
+            params.append(Param(name, field, "fixed", spec, {}))
+        elif "choices" in spec:
+            if not isinstance(spec["choices"], list) or not spec["choices"]:
+                raise SpaceError(f"{where}: {name!r} needs a non-empty list of choices")
+            params.append(Param(name, field, "choice", spec["choices"], when))
+        elif "low" in spec and "high" in spec:
+            lo, hi = spec["low"], spec["high"]
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (lo, hi)) or lo > hi:
+                raise SpaceError(f"{where}: {name!r} needs numbers low <= high, got {lo!r} and {hi!r}")
+            if spec.get("log") and lo <= 0:
+                raise SpaceError(f"{where}: {name!r} is on a log scale, so low must be > 0")
+            kind = "int" if isinstance(lo, int) and isinstance(hi, int) and isinstance(spec.get("step", 1), int) \
+                else "float"
+            params.append(Param(name, field, kind, spec, when))
+        else:
+            raise SpaceError(f"{where}: {name!r} must be a value, {{'low', 'high'}} or {{'choices'}}, got {spec!r}")
+        seen.add(name)
+    if not any(p.kind != "fixed" for p in params):
+        raise SpaceError(f"{where} has nothing to search: give at least one range or choice")
+    return params
+
+
+def suggest(trial, params: List[Param]) -> Dict[str, Any]:
+    """TrainConfig fields for this trial (define-by-run: Optuna's trial.suggest_*)."""
+    chosen: Dict[str, Any] = {}
+    values: Dict[str, Any] = {}
+    for p in params:
+        if any(chosen.get(k) != v for k, v in p.when.items()):
+            continue
+        if p.kind == "fixed":
+            v = p.spec
+        elif p.kind == "choice":
+            v = trial.suggest_categorical(p.name, p.spec)
+        elif p.kind == "int":
+            v = trial.suggest_int(p.name, p.spec["low"], p.spec["high"], step=p.spec.get("step", 1),
+                                  log=bool(p.spec.get("log", False)))
+        else:
+            v = trial.suggest_float(p.name, float(p.spec["low"]), float(p.spec["high"]), step=p.spec.get("step"),
+                                    log=bool(p.spec.get("log", False)))
+        chosen[p.name] = v
+        values[p.field] = v
+    return values

@@ -145,7 +145,9 @@ def test_three_workers_share_a_postgresql_study_and_a_killed_one_is_retried(tmp_
     # three commands at the same moment against an empty database: they race to create the schema
     procs = [subprocess.Popen(cmd + ["-o", str(tmp_path / f"m{i}")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for i in range(3)]
-    storage = optuna.storages.RDBStorage(postgres.replace("postgresql://", "postgresql+psycopg://"))
+    from fastmlp.sweep.storage import open_storage
+
+    storage = open_storage(postgres, tmp_path)  # retries while the workers create the schema
     victim = None
     deadline = time.time() + 300
     while victim is None and time.time() < deadline:

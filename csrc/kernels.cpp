@@ -8,9 +8,16 @@
 //
 // No std:: templates inside the namespace: their out-of-line copies would be shared by
 // every ISA build (the linker keeps one, possibly with instructions the CPU lacks).
+#include <limits.h>
 #include <math.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__linux__)
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #include <new>  // std::bad_alloc
 

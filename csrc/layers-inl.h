@@ -303,12 +303,13 @@ void linear_backward(const float* dy, const float* x, const float* W, const floa
   float* dxp = Kp == K ? dx : dxb.get((size_t)N * Kp);
   float* dWp = Mp == M ? dW : dwb.get((size_t)K * Mp);
   float* dbp = dbb.get(Mp);
+  Barrier bar = {};
 #ifdef _OPENMP
 #pragma omp parallel num_threads(ex.threads) if (big_enough(ex, N * K * M))
 #endif
   {
     transpose_share(W, M, K, M, WT, Kp);
-    team_barrier();
+    team_barrier(bar);
     int64_t r0, r1;
     my_share(N, &r0, &r1);
     linear_backward_input_rows<kStore>(g, Mp, M, WT, Kp, dxp, nullptr, r0, r1);

@@ -11,7 +11,9 @@ struct StepWork {
   float *hd, *dt;          // dropout: h * mask and mask * (1 - h^2), (B, Hp)
   int32_t *Xb[2], *Yb[2];  // two batches: the next one is drawn while the current one is finished
   int64_t* ix;             // the example indices of a batch
+  Barrier bar;             // the team's
   void prepare(const Layout& L, int64_t B) {
+    bar = Barrier{};
     emb = b_emb.get((size_t)(B * L.TE));          // (B, TE)
     h = b_h.get((size_t)(B * L.Hp));              // (B, Hp)
     logits = b_logits.get((size_t)(B * L.Vp));    // (B, Vp)
@@ -60,7 +62,7 @@ double step_team(const PadWeights& W, const PadWeights* G, float lr, const Layou
   // and a share of the transposed weights the backward pass reads, made before any update
   transpose_share(W.W2, Vp, H, V, ws.w2t, Hp);
   transpose_share(W.W1, Hp, TE, H, ws.w1t, TEp);
-  team_barrier();
+  team_barrier(ws.bar);
   double loss = 0.0;  // every thread sums the same numbers in the same order
   for (int64_t i = 0; i < B; ++i) loss += ws.row_loss[i];
   loss /= (double)B;
@@ -77,7 +79,7 @@ double step_team(const PadWeights& W, const PadWeights* G, float lr, const Layou
     linear_backward_weight_share(hout, Hp, H, ws.dlogits, Vp, B, G->W2, G->b2, nullptr, nullptr, 0.f);
   else
     linear_backward_weight_share(hout, Hp, H, ws.dlogits, Vp, B, nullptr, ws.colsum, W.W2, W.b2, lr);
-  team_barrier();
+  team_barrier(ws.bar);
   if (G)
     linear_backward_weight_share(ws.emb, TE, TE, ws.dpre, Hp, B, G->W1, G->b1, nullptr, nullptr, 0.f);
   else
@@ -232,14 +234,11 @@ int64_t train_steps(const MutParams& P, const Dims& d, const TrainArgs& a, Exec&
       embedding_backward_share(ws.demb, L.TEp, ws.Xb[cur], B, L.T, L.E, L.V, G ? G->w.C : ws.dC, ex,
                                G ? nullptr : M.w.C, lr);
       if (G) {  // the optimizer needs every gradient
-        team_barrier();
+        team_barrier(ws.bar);
         optimizer_share(*o, M.w, G->w, S0->w, S1 ? &S1->w : nullptr, L, lr, o->step + s + 1);
       }
-      // one thread: the bookkeeping and the next batch; the single's barrier ends the step
-#ifdef _OPENMP
-#pragma omp single
-#endif
-      {
+      // one thread: the bookkeeping and the next batch; the barrier ends the step
+      if (team_rank() == 0) {
         a.losses[s] = (float)loss;
         done = s + 1;
         int q = (a.stop && *a.stop) ? 1 : 0;
@@ -250,6 +249,7 @@ int64_t train_steps(const MutParams& P, const Dims& d, const TrainArgs& a, Exec&
         }
         quit[cur] = q;
       }
+      team_barrier(ws.bar);
       if (quit[cur] || s + 1 == a.steps) break;
       gather_share(M.w, L, B, ws.Xb[nxt], ws.emb, ex);  // the only rows this thread's next forward reads
     }

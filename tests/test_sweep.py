@@ -120,8 +120,10 @@ def postgres():
         shutil.chown(root, "postgres")
         shutil.chown(sock, "postgres")
     port = free_port()
+    # the server is not ours to sanitize: without the sanitizer runtimes .ci/sanitize preloads
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS")}
     run = lambda *a: subprocess.run(as_user + [str(bin_dir / a[0]), *a[1:]], capture_output=True, text=True,
-                                    timeout=120, check=True)
+                                    timeout=120, check=True, env=env)
     try:
         run("initdb", "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
         run("pg_ctl", "-D", str(data), "-l", str(root / "log"), "-w", "-o",
@@ -130,7 +132,7 @@ def postgres():
         yield f"postgresql://postgres@127.0.0.1:{port}/fastmlp"
     finally:
         subprocess.run(as_user + [str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True, timeout=60)
+                       capture_output=True, timeout=60, env=env)
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -58,19 +58,37 @@ def test_learning_rate_schedules():
     assert np.all(learning_rates(TrainConfig(lr_schedule="constant"), 0, 10) == np.float32(0.1))
 
 
+class FakeMeter:
+    busy = 0.0
+
+    def busy_cores(self):
+        return self.busy
+
+
 def test_thread_chooser_follows_measurements():
     from fastmlp.train import ThreadChooser
 
-    c = ThreadChooser(2, probe_every=5)
-    assert c.pick() == 2
+    meter = FakeMeter()
+    c = ThreadChooser(2, probe_every=4, meter=meter, cores=2)
+    assert c.pick() == 2 and c.probing
+    c.record(2, 900e-6)  # the team's first chunk starts its threads: not a measurement
+    assert c.pick() == 2 and c.probing
     c.record(2, 30e-6)
-    assert c.pick() == 1  # each option is measured once
+    assert c.pick() == 1 and c.probing  # each option is measured once, quickly
     c.record(1, 20e-6)
-    picks = [c.pick() for _ in range(10)]
-    assert picks.count(1) >= 8 and 2 in picks  # the faster one, with a periodic re-probe of the other
-    for _ in range(4):
+    picks = []
+    for _ in range(40):
+        t = c.pick()
+        picks.append(t)
+        c.record(t, 20e-6 if t == 1 else 30e-6)
+    assert picks.count(1) >= 34 and 2 in picks  # the faster one, with rarer and rarer probes of the other
+    for _ in range(3):
         c.record(2, 5e-6)  # the team got faster (a neighbour left)
     assert c.best == 2
+    meter.busy = 1.2  # a neighbour keeps a core busy: never more threads than idle cores
+    assert c.pick() == 1 and c.options == [1]
+    meter.busy = 0.0
+    assert c.pick() == 2 and c.probing  # the second core is back: measured again at once
     assert ThreadChooser(2, fixed=True).options == [2] and ThreadChooser(1).options == [1]
 
 

@@ -11,11 +11,19 @@ Python layer around them: data sets, the model, training, sampling.
 import os as _os
 import warnings as _warnings
 
-from . import _core
-from ._core import get_num_threads, set_num_threads
-from .model import MLP
-from . import data, optim
-from .data import load_dataset
+# OpenMP threads between two parallel regions (between chunks of training, while Python
+# evaluates or prints) spin before they sleep: GCC's libgomp for 300,000 turns, LLVM's
+# for 200 ms, taking cores from the main thread and from other processes. Inside a
+# region fastmlp uses its own barrier (csrc/team-inl.h). Read once, when the OpenMP
+# runtime loads with _core: set before it, and only if the user has not.
+_os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+_os.environ.setdefault("KMP_BLOCKTIME", "1")
+
+from . import _core  # noqa: E402
+from ._core import get_num_threads, set_num_threads  # noqa: E402
+from .model import MLP  # noqa: E402
+from . import data, optim  # noqa: E402
+from .data import load_dataset  # noqa: E402
 
 __version__ = _core.build_info()["version"]
 

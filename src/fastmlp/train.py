@@ -32,6 +32,7 @@ from .data import Dataset
 from .run import Run, TrainingDiverged  # noqa: F401 (re-exported)
 
 CHUNK_SECONDS = 0.25  # a chunk of steps between two looks at the clock, the bar and Ctrl-C
+PROBE_SECONDS = 0.03  # a chunk measuring the other thread count
 FIRST_CHUNK = 16      # steps: small, so that a huge model's first chunk is short too
 
 
@@ -107,23 +108,26 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
     log(f"{run.model} | train/dev/test examples {run.ds.sizes['train']:,}/{run.ds.sizes['dev']:,}/"
         f"{run.ds.sizes['test']:,} | kernels {_core.get_isa()}, {all_threads} threads"
         + ("" if cfg.num_threads else " (training: 1 or all, whichever is measured faster)"))
-    chunk = FIRST_CHUNK
+    per_step = None  # seconds, from the last chunk
     with _StopFlag() as flag, _progress_bar(cfg.max_steps, run.step, progress) as bar, \
             concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fastmlp-train") as worker:
         while not run.done and not flag.requested:
-            n = run.next_chunk(chunk)
             threads = chooser.pick()
+            # a probe of the other thread count is short: a few dozen milliseconds
+            want = FIRST_CHUNK if per_step is None else \
+                (PROBE_SECONDS if chooser.probing else CHUNK_SECONDS) / max(per_step, 1e-9)
+            n = run.next_chunk(int(min(max(want, FIRST_CHUNK), 50_000)))
             seconds = run.train_seconds
             losses = _wait(worker.submit(run.step_chunk, n, threads, flag.stop))
             dt = run.train_seconds - seconds
             if len(losses):
                 chooser.record(threads, dt / len(losses))
                 bar.update(len(losses))
-            chunk = int(min(max(CHUNK_SECONDS * len(losses) / max(dt, 1e-9), 1), 50_000))
+                per_step = dt / len(losses)
             postfix = {"loss": f"{float(np.mean(run.history[-1][-100:])):.4f}" if len(losses) else "-",
                        "lr": f"{learning_rates(cfg, run.step - 1, run.step)[0]:.3g}"}
             if run.at_eval and not flag.requested:
-                dev = run.eval_dev(all_threads)
+                dev = run.eval_dev(chooser.top)
                 postfix["dev"] = f"{dev:.4f}"
                 if bar.disable and not run.done:  # no bar (not a terminal): one line per eval
                     log(f"step {run.step:>9,} | loss {postfix['loss']} | dev {dev:.4f} | "
@@ -132,7 +136,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
                     on_eval(run.step, dev)
             bar.set_postfix(postfix, refresh=False)
         interrupted = flag.requested
-    return run.finish(interrupted, all_threads, extra={"threads": chooser.best})
+    return run.finish(interrupted, chooser.top, extra={"threads": chooser.best})
 
 
 # ---------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
     python benchmarks/bench_train.py            # everything (~5 minutes on 2 cores)
     python benchmarks/bench_train.py --quick    # fewer repeats, no torch.compile, no 1M-step run
+    (bench_threads.py adds the busy-neighbour and thread-scaling tables; --no-threads skips them)
 
 Prints a markdown table and writes it, with the raw numbers, to benchmarks/results/
 (latest.md, latest.json). Reported: median microseconds per training step over
@@ -220,6 +221,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer repeats; skip torch.compile and the 1M-step run")
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     ap.add_argument("--no-jax", action="store_true", help="skip JAX even if installed")
+    ap.add_argument("--no-threads", action="store_true", help="skip the busy-neighbour and thread-scaling runs")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--out", default=str(RESULTS), help="folder for latest.md / latest.json")
     args = ap.parse_args(argv)
@@ -322,9 +324,15 @@ def main(argv=None) -> int:
         print(f"  1,000,000 steps: RSS {memory['rss_mb_after_100k']:.1f} MB after 100k, "
               f"{memory['rss_mb_after_1m']:.1f} MB after 1M; peak {memory['peak_rss_mb']:.1f} MB")
 
+    threads = None
+    if not args.no_threads:
+        from bench_threads import measure
+
+        threads = measure()
+        print(threads["markdown"])
     results = {"machine": machine, "steps": rows, "eval_seconds": evals, "lecture_recipe": {
         k: recipe[k] for k in ("seconds", "steps", "train_loss", "dev_loss", "us_per_step")},
-        "fast_recipe": fast, "memory": memory, "date": time.strftime("%Y-%m-%d")}
+        "fast_recipe": fast, "memory": memory, "threads": threads, "date": time.strftime("%Y-%m-%d")}
     md = render(results)
     print()
     print(md)
@@ -418,6 +426,8 @@ def render(r: dict) -> str:
         lines.append(f"Memory over 1,000,000 lecture steps (a process with only fastmlp and the data): RSS "
                      f"{mem['rss_mb_after_100k']:.1f} MB after 100k steps, {mem['rss_mb_after_1m']:.1f} MB after 1M "
                      f"(peak {mem['peak_rss_mb']:.1f} MB); growth {mem['rss_mb_after_1m'] - mem['rss_mb_after_100k']:+.1f} MB.")
+    if r.get("threads"):
+        lines += ["", r["threads"]["markdown"].rstrip()]
     return "\n".join(lines) + "\n"
 
 

@@ -5,6 +5,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <atomic>
 #include <climits>
 #include <cmath>
@@ -79,6 +80,8 @@ template <>
 inline const char* dtype_name<int64_t>() { return "int64"; }
 template <>
 inline const char* dtype_name<uint64_t>() { return "uint64"; }
+template <>
+inline const char* dtype_name<double>() { return "float64"; }
 
 template <typename T>
 py::array_t<T> typed(py::handle obj, const char* name, const std::vector<int64_t>& dims, const char* dims_doc,
@@ -271,7 +274,7 @@ inline int checked_threads(py::handle n, const char* name = "num_threads") {
 }
 
 inline Exec exec_for(py::handle threads) {
-  return Exec{threads.is_none() ? g_default_threads.load() : checked_threads(threads, "threads"), 0, 0};
+  return Exec{threads.is_none() ? g_default_threads.load() : checked_threads(threads, "threads"), 0, 0, nullptr};
 }
 
 inline void raise_if_bad_index(const Exec& ex) {

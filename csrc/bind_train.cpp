@@ -52,7 +52,7 @@ OptimizerArgs check_optimizer_object(py::handle obj, const Model& m) {
 py::array_t<float> train_steps(py::handle params, py::handle X_, py::handle Y_, py::handle lrs_,
                                py::handle batch_size_, py::handle rng_state_, py::handle batches_,
                                py::handle optimizer, double dropout, py::handle dropout_seed_, py::handle step0_,
-                               py::handle threads, py::handle stop_) {
+                               py::handle threads, py::handle stop_, py::handle profile_) {
   Exec ex = exec_for(threads);
   Model m = check_model(params, /*writable=*/true);
   auto X = check_X(X_, m.d);
@@ -87,6 +87,12 @@ py::array_t<float> train_steps(py::handle params, py::handle X_, py::handle Y_, 
   const float p_drop = check_dropout(dropout);
   py::array_t<int32_t> stop;
   if (!stop_.is_none()) stop = typed<int32_t>(stop_, "stop", {1}, "(1,)");
+  py::array_t<double> profile;
+  if (!profile_.is_none()) {  // filled by the loop: per thread, seconds in barriers and in all
+    profile = typed<double>(profile_, "profile", {ex.threads, 2}, "(threads, 2)", true);
+    std::fill(profile.mutable_data(), profile.mutable_data() + profile.size(), 0.0);
+    ex.profile = profile.mutable_data();
+  }
 
   // nothing written may share memory with anything else of the call
   py::array none = py::array_t<float>(0);
@@ -101,12 +107,13 @@ py::array_t<float> train_steps(py::handle params, py::handle X_, py::handle Y_, 
       {"C", &m.C}, {"W1", &m.W1}, {"b1", &m.b1}, {"W2", &m.W2}, {"b2", &m.b2}, {"X", &X}, {"Y", &Y}, {"lrs", &lrs},
       {"rng_state", &rng}, {"batches", &batches}, {"optimizer state", s[0]}, {"optimizer state", s[1]},
       {"optimizer state", s[2]}, {"optimizer state", s[3]}, {"optimizer state", s[4]}, {"optimizer state", s[5]},
-      {"optimizer state", s[6]}, {"optimizer state", s[7]}, {"optimizer state", s[8]}, {"optimizer state", s[9]}};
+      {"optimizer state", s[6]}, {"optimizer state", s[7]}, {"optimizer state", s[8]}, {"optimizer state", s[9]},
+      {"profile", &profile}};
   require_disjoint({{"C", &m.C}, {"W1", &m.W1}, {"b1", &m.b1}, {"W2", &m.W2}, {"b2", &m.b2}, {"rng_state", &rng},
                     {"optimizer state", s[0]}, {"optimizer state", s[1]}, {"optimizer state", s[2]},
                     {"optimizer state", s[3]}, {"optimizer state", s[4]}, {"optimizer state", s[5]},
                     {"optimizer state", s[6]}, {"optimizer state", s[7]}, {"optimizer state", s[8]},
-                    {"optimizer state", s[9]}},
+                    {"optimizer state", s[9]}, {"profile", &profile}},
                    all);
 
   auto losses = empty<float>({steps});

@@ -39,12 +39,14 @@ struct MutParams {
 };
 
 // How one kernel call runs, and what it reports back. (No default member initializers:
-// they would make an inline constructor that every ISA build emits; write Exec{n, 0, 0}.)
+// they would make an inline constructor that every ISA build emits; write Exec{n, 0, 0, nullptr}.)
 struct Exec {
-  int threads;     // OpenMP threads this call may use (a per-call setting, never process-wide)
-  int bad_index;   // out: an index read during the call was out of range (another thread
-                   // changed an array after the bindings checked it); the call's results are void
-  int stopped;     // out: train_steps returned early because *stop became nonzero
+  int threads;      // OpenMP threads this call may use (a per-call setting, never process-wide)
+  int bad_index;    // out: an index read during the call was out of range (another thread
+                    // changed an array after the bindings checked it); the call's results are void
+  int stopped;      // out: train_steps returned early because *stop became nonzero
+  double* profile;  // train_steps, if not null: (threads, 2) out, per thread the seconds spent
+                    // in the team's barriers and in the whole loop (how a team shares its work)
 };
 
 // Optimizers beyond plain SGD, with the update rules of torch.optim.SGD (momentum,

@@ -209,6 +209,7 @@ int64_t train_steps(const MutParams& P, const Dims& d, const TrainArgs& a, Exec&
   StepWork ws;
   const int64_t B = a.batch_size;
   ws.prepare(L, B);
+  ws.bar.profile = ex.profile;
   int64_t done = 0;
   int quit[2] = {0, 0};  // written by one thread in step s (slot s & 1), read by all after its barrier
   if (a.steps <= 0) return 0;
@@ -218,6 +219,7 @@ int64_t train_steps(const MutParams& P, const Dims& d, const TrainArgs& a, Exec&
 #pragma omp parallel num_threads(ex.threads) if (use_team(L, B, ex))
 #endif
   {
+    const double t_start = ex.profile ? now_seconds() : 0.0;
     gather_share(M.w, L, B, ws.Xb[0], ws.emb, ex);
     for (int64_t s = 0; s < a.steps; ++s) {
       const float lr = a.lrs[s];
@@ -253,6 +255,7 @@ int64_t train_steps(const MutParams& P, const Dims& d, const TrainArgs& a, Exec&
       if (quit[cur] || s + 1 == a.steps) break;
       gather_share(M.w, L, B, ws.Xb[nxt], ws.emb, ex);  // the only rows this thread's next forward reads
     }
+    if (ex.profile) ex.profile[2 * team_rank() + 1] += now_seconds() - t_start;
   }
   M.copy_out(L, P);
   if (S0) S0->copy_out(L, o->slot[0]);

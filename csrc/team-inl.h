@@ -66,7 +66,14 @@ struct Barrier {
   alignas(64) int arrived;     // threads at the barrier in this generation
   alignas(64) int generation;  // bumped by the last thread in; waiters watch it
   int sleepers;                // waiters in futex_wait
+  double* profile;             // Exec::profile: column 0 gets each thread's seconds waiting here
 };
+
+inline double now_seconds() {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
 
 constexpr int kSpinIterations = 1000;  // ~20-50 us of PAUSE, far above a balanced step's imbalance
 
@@ -96,9 +103,7 @@ inline void futex_wake_all(int* addr) {
 #endif
 }
 
-inline void team_barrier(Barrier& b) {
-  const int n = team_size();
-  if (n == 1) return;
+inline void barrier_wait(Barrier& b, int n) {
   const int gen = __atomic_load_n(&b.generation, __ATOMIC_ACQUIRE);
   if (__atomic_add_fetch(&b.arrived, 1, __ATOMIC_ACQ_REL) == n) {  // the last one in opens it
     __atomic_store_n(&b.arrived, 0, __ATOMIC_RELAXED);
@@ -123,3 +128,15 @@ constexpr int64_t kParallelMacs = 1 << 20;
 // by another thread after the bindings checked it. The kernel skips that element and
 // the bindings raise an IndexError.
 inline void flag_bad_index(Exec& ex) { __atomic_store_n(&ex.bad_index, 1, __ATOMIC_RELAXED); }
+
+inline void team_barrier(Barrier& b) {
+  const int n = team_size();
+  if (n == 1) return;
+  if (b.profile) {  // measuring how long threads wait for each other
+    const double t0 = now_seconds();
+    barrier_wait(b, n);
+    b.profile[2 * team_rank()] += now_seconds() - t0;
+  } else {
+    barrier_wait(b, n);
+  }
+}

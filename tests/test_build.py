@@ -97,3 +97,22 @@ def test_unknown_fastmlp_isa_is_not_ignored_silently():
 def test_python_m_fastmlp_lists_the_commands():
     r = subprocess.run([sys.executable, "-m", "fastmlp"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "fastmlp.train" in r.stdout and "fastmlp.sample" in r.stdout
+
+
+def test_train_steps_profile_counts_time_in_barriers(small_names):
+    # the counter the benchmark prints to show how a team shares its work
+    from fastmlp import MLP
+    from conftest import train_steps
+
+    m = MLP(small_names.vocab.size, 3, 10, 200, init="scaled")
+    X, Y = small_names.train
+    for threads in (1, 2):
+        pr = np.full((threads, 2), 7.0)  # overwritten, not added to
+        train_steps(m.params, X, Y, (300, 0.1), batch_size=32, rng_state=_core.rng_state(1), threads=threads,
+                    profile=pr)
+        assert (pr[:, 1] > 0).all() and (pr[:, 0] >= 0).all() and (pr[:, 0] <= pr[:, 1]).all()
+        if threads == 1:
+            assert pr[0, 0] == 0  # no team, no barriers
+    with pytest.raises(ValueError, match=r"profile must have shape \(threads, 2\)"):
+        train_steps(m.params, X, Y, (3, 0.1), batch_size=32, rng_state=_core.rng_state(1), threads=2,
+                    profile=np.zeros((1, 2)))

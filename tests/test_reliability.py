@@ -156,6 +156,16 @@ def test_huge_sizes_are_one_line_out_of_memory(words_file):
     one_line_error(r, "out of memory")
 
 
+def big_training(out):
+    """A training whose chunks are long (block 8, E 32, H 2048, B 512), started and running."""
+    p = subprocess.Popen([sys.executable, "-m", "fastmlp.train", "-o", str(out), "--block-size", "8",
+                          "--n-embd", "32", "--n-hidden", "2048", "-b", "512", "--max-steps", "100000",
+                          "--eval-interval", "100000", "--no-progress"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    started(p)
+    return p
+
+
 def started(p, marker="MLP("):
     deadline = time.time() + 120
     line = ""
@@ -165,12 +175,8 @@ def started(p, marker="MLP("):
 
 
 def test_ctrl_c_stops_a_big_model_within_a_second_or_two(tmp_path):
-    # H 2048, B 512: a chunk of steps is long; the C++ loop polls the stop flag between steps
-    p = subprocess.Popen([sys.executable, "-m", "fastmlp.train", "-o", str(tmp_path), "--block-size", "8",
-                          "--n-embd", "32", "--n-hidden", "2048", "-b", "512", "--max-steps", "100000",
-                          "--eval-interval", "100000", "--no-progress"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    started(p)
+    # a chunk of steps is long; the C++ loop polls the stop flag between steps
+    p = big_training(tmp_path)
     time.sleep(3.0)  # well into a chunk
     t0 = time.time()
     p.send_signal(signal.SIGINT)
@@ -184,11 +190,7 @@ def test_ctrl_c_stops_a_big_model_within_a_second_or_two(tmp_path):
 
 
 def test_a_second_ctrl_c_exits_at_once(tmp_path):
-    p = subprocess.Popen([sys.executable, "-m", "fastmlp.train", "-o", str(tmp_path), "--block-size", "8",
-                          "--n-embd", "32", "--n-hidden", "2048", "-b", "512", "--max-steps", "100000",
-                          "--eval-interval", "100000", "--no-progress"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    started(p)
+    p = big_training(tmp_path)
     time.sleep(1.0)
     p.send_signal(signal.SIGINT)
     time.sleep(0.05)

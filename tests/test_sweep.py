@@ -182,3 +182,15 @@ def test_three_workers_share_a_postgresql_study_and_a_killed_one_is_retried(tmp_
     reports = [json.loads(o[0]) for o in outs]
     assert max(r["trials"]["complete"] + r["trials"]["pruned"] for r in reports) == n
     assert any("was killed" in o[1] for o in outs)
+
+
+def test_a_flop_budget_sets_the_steps():
+    from fastmlp.sweep.space import apply_budget, parse_space
+
+    parse_space({"n_hidden": {"low": 8, "high": 16}, "flop_budget": 1e9}, "test")
+    v = apply_budget({"block_size": 8, "n_embd": 32, "n_hidden": 1024, "batch_size": 256, "eval_interval": 1000,
+                      "flop_budget": 5e12}, 27)
+    # 6 * 256 * (256 * 1024 + 1024 * 27) = 445 MFLOP a step: 11,233 steps, in whole evaluation intervals
+    assert v["max_steps"] == 11000 and "flop_budget" not in v
+    small = apply_budget({"n_hidden": 10, "eval_interval": 500, "flop_budget": 1.0}, 27)
+    assert small["max_steps"] == 500  # at least one interval

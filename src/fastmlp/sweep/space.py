@@ -11,6 +11,10 @@ A space is a JSON (or TOML) object whose keys name parameters:
 
 A parameter sets the TrainConfig field of its name, or of "field". "when" makes it
 conditional on values suggested earlier in the file. Ranges take "step" too.
+
+"flop_budget": F (a number, or a range) gives every trial the same compute instead of
+the same step count: max_steps = F / (6 * batch * (T*E*H + H*V)), the multiply-adds of
+the forward, backward and update (two flops each). TPE then trades size for steps.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from typing import Any, Dict, List
 
 from ..config import TrainConfig
 
-FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} | {"flop_budget"}
 NOT_SWEPT = {"input_file", "work_dir", "num_threads", "eval_test"}  # the sweep sets these
 
 # Around what worked (README, "Beating 2.17"): context, width, AdamW or SGD, decay, dropout.
@@ -115,6 +119,23 @@ def parse_space(raw, where: str) -> List[Param]:
     if not any(p.kind != "fixed" for p in params):
         raise SpaceError(f"{where} has nothing to search: give at least one range or choice")
     return params
+
+
+def flops_per_step(values: Dict[str, Any], vocab_size: int) -> float:
+    d = TrainConfig()
+    T, E, H, B = (values.get(k, getattr(d, k)) for k in ("block_size", "n_embd", "n_hidden", "batch_size"))
+    return 6.0 * B * (T * E * H + H * vocab_size)
+
+
+def apply_budget(values: Dict[str, Any], vocab_size: int) -> Dict[str, Any]:
+    """values with max_steps set by their flop_budget (if any), in whole evaluation intervals."""
+    values = dict(values)
+    budget = values.pop("flop_budget", None)
+    if budget is not None:
+        interval = values.get("eval_interval", TrainConfig().eval_interval)
+        steps = int(budget / flops_per_step(values, vocab_size))
+        values["max_steps"] = max(interval, steps // interval * interval)
+    return values
 
 
 def suggest(trial, params: List[Param]) -> Dict[str, Any]:

@@ -117,7 +117,9 @@ def open_study(storage, name: str, seed: int):
     """The study (created if new, joined if it exists), with a TPE sampler that lets
     parallel workers avoid each other's points and a median pruner on the dev loss."""
     sampler = optuna.samplers.TPESampler(constant_liar=True, seed=seed, n_startup_trials=8)
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2000)
+    # reports come at the fraction of each run done, in per mille (worker.py): no verdict
+    # before 30% of a run
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=300)
     import sqlalchemy.exc
 
     for attempt in range(8):

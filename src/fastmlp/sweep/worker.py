@@ -26,7 +26,7 @@ from .. import set_num_threads
 from ..config import TrainConfig
 from ..run import TrainingDiverged
 from ..train import train
-from .space import load_space, suggest
+from .space import apply_budget, load_space, suggest
 from .storage import open_storage, open_study
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -52,8 +52,8 @@ def is_surplus(study, trial, total: int) -> bool:
     return len(before) >= total
 
 
-def trial_config(opts: dict, values: dict, number: int) -> TrainConfig:
-    values = dict(values)
+def trial_config(opts: dict, values: dict, number: int, vocab_size: int = 27) -> TrainConfig:
+    values = apply_budget(values, vocab_size)
     if opts.get("max_steps") is not None:
         values["max_steps"] = min(int(values.get("max_steps", opts["max_steps"])), opts["max_steps"])
     cfg = TrainConfig(**{**values, "input_file": opts.get("input_file"), "seed": opts["seed"], "num_threads": 1,
@@ -63,18 +63,24 @@ def trial_config(opts: dict, values: dict, number: int) -> TrainConfig:
 
 
 def objective_for(opts: dict, study, params):
+    from ..data import Vocab, load_words
+
+    vocab_size = Vocab.from_words(load_words(opts.get("input_file"))).size
+
     def objective(trial: optuna.Trial) -> float:
         if is_surplus(study, trial, opts["n_trials"]):
             trial.set_user_attr("surplus", True)
             raise Surplus()
-        cfg = trial_config(opts, suggest(trial, params), trial.number)
+        cfg = trial_config(opts, suggest(trial, params), trial.number, vocab_size)
         trial.set_user_attr("config", {k: v for k, v in cfg.asdict().items() if k not in ("work_dir", "num_threads")})
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("pid", os.getpid())
         trial.set_user_attr("work_dir", cfg.work_dir)
 
         def report(step: int, dev: float) -> None:
-            trial.report(dev, step)
+            # at the fraction of the run done (per mille): trials of different lengths compare
+            # at the same stage of their schedules
+            trial.report(dev, round(1000 * step / cfg.max_steps))
             if trial.should_prune():
                 raise optuna.TrialPruned()
 

@@ -2,6 +2,7 @@
 word lists made here (plus the lecture's acceptance run when names.txt is available)."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -323,6 +324,18 @@ def test_cli_bad_flag_value():
     r = cli("fastmlp.train", "--max-steps", "many")
     assert r.returncode == 2 and "expected an integer, got 'many'" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+@pytest.mark.parametrize("module", ["fastmlp.train", "fastmlp.sample", "fastmlp.plot", "fastmlp.lr_find",
+                                    "fastmlp.sweep"])
+def test_cli_help_shows_only_real_defaults(module):
+    # a flag whose default comes from a preset or a config has default None: --help must not
+    # print "(default: None)" for it, nor name a default twice
+    r = cli(module, "--help")
+    assert r.returncode == 0 and "usage: python -m " + module in r.stdout
+    text = " ".join(r.stdout.split())
+    assert "(default: None)" not in text and "(default: False)" not in text
+    assert not re.search(r"\(default:[^)]*\) \(default:", text), text
 
 
 def test_cli_divergence_exits_nonzero(tmp_path, words_file):

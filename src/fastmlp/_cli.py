@@ -16,12 +16,25 @@ class CLIError(Exception):
         self.code = code
 
 
+class _DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Shows a flag's default in --help when it has one worth showing: not None (a flag
+    whose default comes from a preset or a config says so in its own help), not a
+    store_true's False, and not when the help already names its default."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (action.default not in (None, False, argparse.SUPPRESS) and "default" not in text
+                and action.option_strings):
+            text += " (default: %(default)s)"
+        return text
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with fastmlp's conventions: defaults shown in --help, and a bad flag is
     one line on stderr (not the usage block) and exit status 2."""
 
     def __init__(self, **kw):
-        kw.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kw.setdefault("formatter_class", _DefaultsHelpFormatter)
         super().__init__(**kw)
 
     def error(self, message):

@@ -380,12 +380,13 @@ def test_presets_are_valid_configs():
 
 
 @pytest.mark.slow
-def test_best_preset_beats_2_00(tmp_path):
-    # issue 5's acceptance: one hidden layer, dev <= 2.00 (~40 s on 2 cores)
+def test_best_preset_beats_the_hand_search(tmp_path):
+    # issue 11's acceptance: one hidden layer below the hand search's 1.957 (1.9466 and 1.9473
+    # with two seeds here; 1.955 leaves room for other ISAs' rounding); ~2.5 min on 2 cores
     from fastmlp.train import PRESETS
 
     m = train(TrainConfig(work_dir=str(tmp_path), **PRESETS["best"]), progress=False, log=lambda s: None)
-    assert m["dev_loss"] <= 2.00, m["dev_loss"]
+    assert m["dev_loss"] <= 1.955, m["dev_loss"]
 
 
 def test_default_run_from_any_folder_uses_the_bundled_names(tmp_path):

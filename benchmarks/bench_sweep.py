@@ -32,14 +32,15 @@ SPACE = {  # lecture-sized trials of a fixed length: the cost per trial is what 
 def run(jobs: int, trials: int, space_file: Path) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         opts = dict(input_file=None, work_dir=tmp, study="bench", storage=None, n_trials=trials, jobs=jobs,
-                    timeout=None, space=str(space_file), max_steps=None, seed=0, heartbeat=5)
-        # no pruning effect on the timing: every trial runs to the end (see n_startup_trials)
+                    timeout=None, space=str(space_file), max_steps=None, seed=0, heartbeat=5,
+                    prune=False)  # every trial runs to the end: the cost per trial is what is measured
         t0 = time.perf_counter()
         r = sweep(opts, log=lambda s: None, progress=False)
         wall = time.perf_counter() - t0
         study = optuna.load_study(study_name="bench", storage=optuna.storages.JournalStorage(
             optuna.storages.journal.JournalFileBackend(str(Path(tmp) / "study.journal"))))
         done = [t for t in study.get_trials(deepcopy=False) if "seconds" in t.user_attrs]
+        assert len(done) == trials, f"{len(done)} of {trials} trials ran to the end"
         train_s = [t.user_attrs["seconds"] for t in done]
         trial_wall = [(t.datetime_complete - t.datetime_start).total_seconds() for t in done]
         return {"jobs": jobs, "trials": len(done), "wall_seconds": round(wall, 2),

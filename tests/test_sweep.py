@@ -60,6 +60,11 @@ def test_a_local_sweep_with_two_workers(tmp_path, words_and_space):
     study = optuna.load_study(study_name="fastmlp", storage=optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(out / "study.journal"))))
     assert len(finished(study)) == 6  # the study's total, not 6 per worker
+    # each complete trial keeps its checkpoint and metrics, and no trial draws PNGs (a second each)
+    complete = [t for t in finished(study) if t.state == optuna.trial.TrialState.COMPLETE]
+    assert complete and all((Path(t.user_attrs["work_dir"]) / f).is_file() for t in complete
+                            for f in ("model.npz", "metrics.json"))
+    assert not list((out / "trials").glob("*/*.png"))
     # best.json trains again to the same dev loss
     t = subprocess.run([sys.executable, "-m", "fastmlp.train", "--config", out / "best.json", "-o", tmp_path / "again",
                         "--json", "--no-progress"], capture_output=True, text=True, timeout=300)
@@ -139,8 +144,8 @@ def postgres():
 def test_three_workers_share_a_postgresql_study_and_a_killed_one_is_retried(tmp_path, words_and_space, postgres):
     words, _ = words_and_space
     space = tmp_path / "slow.json"  # trials of a few seconds: long enough to be killed in the middle
-    space.write_text(json.dumps(dict(TINY_SPACE, max_steps=6000, eval_interval=2000, n_hidden={"low": 64,
-                                                                                                "high": 128})))
+    space.write_text(json.dumps(dict(TINY_SPACE, max_steps=30000, eval_interval=3000, n_hidden={"low": 64,
+                                                                                                 "high": 128})))
     n = 7
     cmd = [sys.executable, "-m", "fastmlp.sweep", "-i", str(words), "--space", str(space), "--storage", postgres,
            "--study", "shared", "--n-trials", str(n), "--jobs", "1", "--heartbeat", "1", "--json", "--no-progress"]
@@ -155,10 +160,10 @@ def test_three_workers_share_a_postgresql_study_and_a_killed_one_is_retried(tmp_
     while victim is None and time.time() < deadline:
         try:
             study = optuna.load_study(study_name="shared", storage=storage)
+            # a trial past its first evaluation (a tenth of its steps): in the middle of training
             running = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-                       if "pid" in t.user_attrs]
+                       if "pid" in t.user_attrs and t.intermediate_values]
             if running:
-                time.sleep(1.0)  # in the middle of the trial
                 victim = running[0]
                 os.kill(victim.user_attrs["pid"], signal.SIGKILL)
         except (KeyError, ValueError):  # the study is not created yet
@@ -182,6 +187,21 @@ def test_three_workers_share_a_postgresql_study_and_a_killed_one_is_retried(tmp_
     reports = [json.loads(o[0]) for o in outs]
     assert max(r["trials"]["complete"] + r["trials"]["pruned"] for r in reports) == n
     assert any("was killed" in o[1] for o in outs)
+
+
+def test_a_failing_trial_says_why(tmp_path, words_and_space):
+    # every trial fails inside train() (a batch larger than the training split): each failed
+    # trial keeps its reason, the sweep prints it, and the workers give up instead of looping
+    words, _ = words_and_space
+    space = tmp_path / "big_batch.json"
+    space.write_text(json.dumps({**TINY_SPACE, "batch_size": 100_000}))
+    r = sweep_cli("-i", words, "-o", tmp_path / "s", "--space", space, "--n-trials", 2, "--jobs", 1, "--json",
+                  "--no-progress", timeout=300)
+    res = json.loads(r.stdout)
+    assert res["trials"]["complete"] == 0 and res["trials"]["failed"] > 0 and res["best"] is None
+    assert res["errors"] and "batch_size 100000 is larger than the training split" in res["errors"][0]["error"]
+    assert "trial 0 failed: ValueError: batch_size 100000" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode != 0
 
 
 def test_a_flop_budget_sets_the_steps():

@@ -206,10 +206,11 @@ class Run:
             optimizer_state=self.opt.state, opt_step=self.opt.step))
 
     def finish(self, interrupted: bool = False, threads: Optional[int] = None,
-               extra: Optional[dict] = None) -> dict:
-        """Final evaluation, checkpoint, metrics.json, loss_history.npy and (with matplotlib)
-        the plots; returns the metrics, with the list of files written. An interrupted run
-        (Ctrl-C) is wrapped up quickly: dev only, no plots (python -m fastmlp.plot draws them)."""
+               extra: Optional[dict] = None, plots: bool = True) -> dict:
+        """Final evaluation, checkpoint, metrics.json, loss_history.npy and (with matplotlib,
+        unless plots is False) the plots; returns the metrics, with the list of files written.
+        An interrupted run (Ctrl-C) is wrapped up quickly: dev only, no plots
+        (python -m fastmlp.plot draws them later from the checkpoint)."""
         cfg = self.cfg
         splits = ("dev",) if interrupted else ("train", "dev", "test") if cfg.eval_test else ("train", "dev")
         final = self.evaluate(splits, threads)
@@ -228,7 +229,7 @@ class Run:
         atomic_write(self.work / "loss_history.npy", lambda f: np.save(f, losses))
         atomic_write_json(self.work / "metrics.json", metrics)
         written = [ckpt_io.CHECKPOINT_NAME, "metrics.json", "loss_history.npy"]
-        if interrupted:
+        if interrupted or not plots:
             metrics["files"] = written
             return metrics
         try:

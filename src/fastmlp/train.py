@@ -82,7 +82,8 @@ def _wait(future: concurrent.futures.Future):
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
           log: Callable[[str], None] = lambda s: print(s, file=sys.stderr), dataset: Optional[Dataset] = None,
-          overwrite: bool = False, overrides: Optional[dict] = None, on_eval: Optional[Callable] = None) -> dict:
+          overwrite: bool = False, overrides: Optional[dict] = None, on_eval: Optional[Callable] = None,
+          plots: bool = True) -> dict:
     """Runs a training as configured and returns its metrics (the --json object).
 
     resume: continue the checkpoint in cfg.work_dir with its saved configuration; the
@@ -90,7 +91,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
     change only max_steps, eval_interval, num_threads, eval_test and input_file.
     overwrite: start afresh even if cfg.work_dir holds a checkpoint.
     on_eval(step, dev_loss): called after each evaluation (a sweep's pruner); may raise
-    to end the run."""
+    to end the run.
+    plots: draw loss.png and embedding.png at the end (a sweep's trials skip them: ~1 s each)."""
     if resume:
         if overrides is None:
             from . import checkpoint as ckpt_io
@@ -106,7 +108,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
     all_threads = cfg.num_threads or _core.get_num_threads()
     chooser = ThreadChooser(all_threads, fixed=cfg.num_threads is not None)  # --num-threads fixes it
     log(f"{run.model} | train/dev/test examples {run.ds.sizes['train']:,}/{run.ds.sizes['dev']:,}/"
-        f"{run.ds.sizes['test']:,} | kernels {_core.get_isa()}, {all_threads} threads"
+        f"{run.ds.sizes['test']:,} | kernels {_core.get_isa()}, {all_threads} thread{'s' if all_threads != 1 else ''}"
         + ("" if cfg.num_threads else " (training: 1 or all, whichever is measured faster)"))
     per_step = None  # seconds, from the last chunk
     with _StopFlag() as flag, _progress_bar(cfg.max_steps, run.step, progress) as bar, \
@@ -136,7 +138,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
                     on_eval(run.step, dev)
             bar.set_postfix(postfix, refresh=False)
         interrupted = flag.requested
-    return run.finish(interrupted, chooser.top, extra={"threads": chooser.best})
+    return run.finish(interrupted, chooser.top, extra={"threads": chooser.best}, plots=plots)
 
 
 # ---------------------------------------------------------------------------

@@ -3,7 +3,7 @@ machines through one database.
 
     python -m fastmlp.sweep -o sweep --n-trials 40 --jobs 2 --max-steps 20000
     python -m fastmlp.sweep --storage postgresql://user:pw@host/db --study names   # on each machine
-    optuna-dashboard sqlite-or-postgresql-url                                      # to watch it
+    optuna-dashboard sweep/study.journal                                           # to watch it (or the URL)
 
 Workers are processes, each training with one thread (TPE with constant liar keeps
 them apart; a median pruner stops bad trials at an evaluation). Selection uses the dev
@@ -81,8 +81,9 @@ def sweep(opts: dict, log=lambda s: print(s, file=sys.stderr, flush=True), progr
     jobs = opts.get("jobs") or usable_cores()
     opts = dict(opts, start=time.time())
     before = counts(study)
-    log(f"study {opts['study']!r} in {masked(opts['storage']) if opts.get('storage') else work / 'study.journal'}: "
-        f"{before['complete'] + before['pruned']} of {opts['n_trials']} trials done; {jobs} workers here")
+    where = masked(opts["storage"]) if opts.get("storage") else work / "study.journal"
+    log(f"study {opts['study']!r} in {where}: {before['complete'] + before['pruned']} of {opts['n_trials']} "
+        f"trials done; {jobs} worker{'s' if jobs != 1 else ''} here")
     ctx = multiprocessing.get_context("spawn")
     start = lambda i: ctx.Process(target=worker_main, args=(opts, i), name=f"fastmlp-sweep-{i}", daemon=False)
     procs = [start(i) for i in range(jobs)]
@@ -119,13 +120,17 @@ def sweep(opts: dict, log=lambda s: print(s, file=sys.stderr, flush=True), progr
     if failed_workers and not interrupted:
         log(f"warning: {len(failed_workers)} of {jobs} workers ended with an error (exit codes "
             f"{sorted(set(failed_workers))})")
+    errors = [(t.number, t.user_attrs["error"]) for t in study.get_trials(deepcopy=False)
+              if t.state == optuna.trial.TrialState.FAIL and "error" in t.user_attrs]
+    for number, error in errors[:3]:
+        log(f"trial {number} failed: {error}")
     board = write_leaderboard(study, work)
     plots = write_plots(study, work)
     best = write_best(study, work)
     test = None if interrupted else best_test_loss(study, work, log)
     return {"study": opts["study"], "storage": masked(opts["storage"]) if opts.get("storage") else
             str(work / "study.journal"), "trials": {k: c[k] for k in ("complete", "pruned", "failed")},
-            "best": best, "test_loss": test, "seconds": round(seconds, 3), "work_dir": str(work), "jobs": jobs,
+            "errors": [{"trial": n, "error": e} for n, e in errors], "best": best, "test_loss": test, "seconds": round(seconds, 3), "work_dir": str(work), "jobs": jobs,
             "interrupted": interrupted, "worker_errors": len(failed_workers), "leaderboard": board, "plots": plots}
 
 
@@ -164,15 +169,16 @@ def main(argv: Optional[list] = None) -> int:
             print(to_json({k: v for k, v in r.items() if k not in ("leaderboard", "plots")}))
         t = r["trials"]
         print(f"{t['complete']} complete, {t['pruned']} pruned, {t['failed']} failed in {r['seconds']:.0f} s "
-              f"({r['jobs']} workers)", file=out)
+              f"({r['jobs']} worker{'s' if r['jobs'] != 1 else ''})", file=out)
         if r["best"]:
             print(r["leaderboard"].rstrip(), file=out)
             print(f"best: trial {r['best']['trial']}, dev loss {r['best']['dev_loss']:.4f}; retrain with "
                   f"python -m fastmlp.train --config {Path(r['work_dir']) / 'best.json'}", file=out)
         if r["test_loss"] is not None:
             print(f"test loss of the best trial (evaluated once): {r['test_loss']:.4f}", file=out)
-        print(f"wrote leaderboard.md, leaderboard.csv, best.json, "
-              + ", ".join(x for x in r["plots"] if not x.startswith("skipped")) + f" in {r['work_dir']}", file=out)
+        written = ["leaderboard.md", "leaderboard.csv"] + (["best.json"] if r["best"] else []) + \
+            [x for x in r["plots"] if not x.startswith("skipped")]
+        print(f"wrote {', '.join(written)} in {r['work_dir']}", file=out)
         return 130 if r["interrupted"] else 1 if r["worker_errors"] else 0
 
     return run_cli(parser, body)

@@ -63,6 +63,8 @@ def write_leaderboard(study, work: Path, top: int = 20) -> str:
 def write_plots(study, work: Path) -> List[str]:
     """Optuna's matplotlib plots: optimisation history, parameter importances, parallel
     coordinates. Skipped (with the reason) when matplotlib is missing or too few trials."""
+    if not complete_trials(study):
+        return ["skipped plots: no complete trial"]
     try:
         import matplotlib
 

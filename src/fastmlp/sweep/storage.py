@@ -113,13 +113,15 @@ def open_storage(url, work_dir: Path, heartbeat: int = 5, attempts: int = 8):
     raise StorageError(f"cannot set up the storage {masked(url)}: {str(last).splitlines()[0]}")
 
 
-def open_study(storage, name: str, seed: int):
+def open_study(storage, name: str, seed: int, prune: bool = True):
     """The study (created if new, joined if it exists), with a TPE sampler that lets
-    parallel workers avoid each other's points and a median pruner on the dev loss."""
+    parallel workers avoid each other's points and a median pruner on the dev loss
+    (prune=False: none; benchmarks/bench_sweep.py times whole trials)."""
     sampler = optuna.samplers.TPESampler(constant_liar=True, seed=seed, n_startup_trials=8)
     # reports come at the fraction of each run done, in per mille (worker.py): no verdict
     # before 30% of a run
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=300)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=300) if prune else \
+        optuna.pruners.NopPruner()
     import sqlalchemy.exc
 
     for attempt in range(8):

@@ -16,6 +16,7 @@ import warnings
 import time
 import zlib
 import socket
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -30,6 +31,8 @@ from .space import apply_budget, load_space, suggest
 from .storage import open_storage, open_study
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
+# what fails one trial (a configuration too big for memory, a file error) without ending the worker
+FAILS = (ValueError, MemoryError, OSError)
 
 
 class Surplus(Exception):
@@ -68,6 +71,13 @@ def objective_for(opts: dict, study, params):
     vocab_size = Vocab.from_words(load_words(opts.get("input_file"))).size
 
     def objective(trial: optuna.Trial) -> float:
+        try:
+            return run_trial(trial)
+        except FAILS as e:  # the trial fails, the study goes on; the reason stays with the trial
+            trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:500])
+            raise
+
+    def run_trial(trial: optuna.Trial) -> float:
         if is_surplus(study, trial, opts["n_trials"]):
             trial.set_user_attr("surplus", True)
             raise Surplus()
@@ -86,7 +96,8 @@ def objective_for(opts: dict, study, params):
 
         t0 = time.perf_counter()
         try:
-            m = train(cfg, progress=False, log=lambda s: None, overwrite=True, on_eval=report)
+            # no PNGs per trial (~1 s each); python -m fastmlp.plot draws them from a trial's checkpoint
+            m = train(cfg, progress=False, log=lambda s: None, overwrite=True, on_eval=report, plots=False)
         except TrainingDiverged as e:
             trial.set_user_attr("diverged", str(e))
             raise optuna.TrialPruned() from None
@@ -113,7 +124,7 @@ def run_worker(opts: dict, index: int) -> None:
     # every worker draws its own startup points: seed, machine and worker index
     seed = (opts["seed"] * 1_000_003 + zlib.crc32(socket.gethostname().encode()) + 7919 * index
             + os.getpid()) % 2**31 if opts.get("distinct_seeds", True) else opts["seed"]
-    study = open_study(storage, opts["study"], seed)
+    study = open_study(storage, opts["study"], seed, prune=opts.get("prune", True))
     params = load_space(opts.get("space"))
     objective = objective_for(opts, study, params)
     deadline = None if opts.get("timeout") is None else opts["start"] + opts["timeout"]
@@ -128,7 +139,7 @@ def run_worker(opts: dict, index: int) -> None:
         if c["complete"] + c["pruned"] + c["running"] >= total and not c["waiting"]:
             time.sleep(1.0)  # running trials may still fail and need a retry
             continue
-        study.optimize(objective, n_trials=1, catch=(Surplus, ValueError, MemoryError, OSError))
+        study.optimize(objective, n_trials=1, catch=(Surplus,) + FAILS)
 
 
 def worker_main(opts: dict, index: int) -> None:
@@ -139,7 +150,7 @@ def worker_main(opts: dict, index: int) -> None:
     except KeyboardInterrupt:
         os._exit(130)
     except Exception as e:  # one line for the main process to show
-        print(f"fastmlp.sweep worker {index}: error: {e}", flush=True)
+        print(f"fastmlp.sweep worker {index}: error: {e}", file=sys.stderr, flush=True)
         os._exit(1)
 
 

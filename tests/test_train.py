@@ -376,7 +376,8 @@ def test_presets_are_valid_configs():
         cfg = config_from_args(build_parser().parse_args(["--preset", name]))
         cfg.check()
     cfg = config_from_args(build_parser().parse_args(["--preset", "best", "--max-steps", "7"]))
-    assert cfg.max_steps == 7 and cfg.n_hidden == 1024  # flags override the preset
+    assert cfg.max_steps == 7 and cfg.n_hidden == PRESETS["best"]["n_hidden"]  # flags override the preset
+    assert PRESETS["best"]["max_steps"] != 7
 
 
 @pytest.mark.slow

@@ -57,6 +57,8 @@ class _StopFlag:
         if self.stop[0]:
             raise KeyboardInterrupt
         self.stop[0] = 1
+        sys.stderr.write("\nstopping after this step and saving (Ctrl-C again to quit at once)\n")
+        sys.stderr.flush()
 
     def __exit__(self, *exc):
         if self._old is not None:

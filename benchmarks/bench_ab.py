@@ -21,6 +21,15 @@ CASES = {"lecture": ["--max-steps", "20000", "--eval-interval", "20000"],
                    "--max-steps", "1000", "--eval-interval", "1000"]}
 
 
+def check_build(build: str) -> None:
+    """The build a folder names is the one that runs (an editable install's import hook
+    would win over PYTHONPATH and time the same code twice)."""
+    r = subprocess.run([sys.executable, "-c", "import fastmlp; print(fastmlp.__file__)"], capture_output=True,
+                       text=True, env={**os.environ, "PYTHONPATH": build}, check=True)
+    if not Path(r.stdout.strip()).resolve().is_relative_to(Path(build).resolve()):
+        sys.exit(f"bench_ab: {build} does not provide the fastmlp that imports ({r.stdout.strip()})")
+
+
 def us_per_step(build: str, flags: list, threads: int) -> float:
     with tempfile.TemporaryDirectory() as d:
         r = subprocess.run([sys.executable, "-m", "fastmlp.train", *flags, "--num-threads", str(threads), "-o", d,
@@ -35,6 +44,8 @@ def main() -> int:
     ap.add_argument("after")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
+    for build in (args.before, args.after):
+        check_build(build)
     res: dict = {}
     for _ in range(args.repeats):
         for case, flags in CASES.items():

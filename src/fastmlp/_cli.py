@@ -23,8 +23,8 @@ class _DefaultsHelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if (action.default not in (None, False, argparse.SUPPRESS) and "default" not in text
-                and action.option_strings):
+        unset = action.default is None or action.default is False or action.default is argparse.SUPPRESS
+        if not unset and "default" not in text and action.option_strings:  # (0 == False: compare by identity)
             text += " (default: %(default)s)"
         return text
 

@@ -97,7 +97,7 @@ PRESETS = {
     "fast": dict(init="scaled", batch_size=32, max_steps=30_000, learning_rate=0.2, lr_schedule="cosine",
                  min_lr=0.001, eval_interval=1_000),
     # one hidden layer, 6 characters of context, AdamW with decoupled weight decay, dropout 0.22
-    # on the hidden layer, found by a sweep (benchmarks/studies/README.md): dev ~1.947 in
+    # on the hidden layer, found by a sweep (benchmarks/studies/README.md): dev ~1.948 in
     # 74,000 steps, ~2.5 minutes of training on 2 cores
     "best": dict(block_size=6, n_embd=34, n_hidden=914, init="scaled", optimizer="adamw", learning_rate=0.001,
                  lr_schedule="cosine", min_lr=1e-4, batch_size=128, max_steps=74_000, weight_decay=0.04,

@@ -40,9 +40,10 @@ class _StopFlag:
     """Ctrl-C sets stop[0], which the C++ loop polls between steps; the run then saves and
     returns. A second Ctrl-C raises KeyboardInterrupt at once."""
 
-    def __init__(self):
+    def __init__(self, log: Callable[[str], None]):
         self.stop = np.zeros(1, np.int32)
         self._old = None
+        self._log = log
 
     @property
     def requested(self) -> bool:
@@ -57,8 +58,7 @@ class _StopFlag:
         if self.stop[0]:
             raise KeyboardInterrupt
         self.stop[0] = 1
-        sys.stderr.write("\nstopping after this step and saving (Ctrl-C again to quit at once)\n")
-        sys.stderr.flush()
+        self._log("stopping after this step and saving (Ctrl-C again to quit at once)")
 
     def __exit__(self, *exc):
         if self._old is not None:
@@ -113,7 +113,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
         f"{run.ds.sizes['test']:,} | kernels {_core.get_isa()}, {all_threads} thread{'s' if all_threads != 1 else ''}"
         + ("" if cfg.num_threads else " (training: 1 or all, whichever is measured faster)"))
     per_step = None  # seconds, from the last chunk
-    with _StopFlag() as flag, _progress_bar(cfg.max_steps, run.step, progress) as bar, \
+    with _StopFlag(log) as flag, _progress_bar(cfg.max_steps, run.step, progress) as bar, \
             concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fastmlp-train") as worker:
         while not run.done and not flag.requested:
             threads = chooser.pick()

@@ -128,10 +128,11 @@ def sweep(opts: dict, log=lambda s: print(s, file=sys.stderr, flush=True), progr
     plots = write_plots(study, work)
     best = write_best(study, work)
     test = None if interrupted else best_test_loss(study, work, log)
-    return {"study": opts["study"], "storage": masked(opts["storage"]) if opts.get("storage") else
-            str(work / "study.journal"), "trials": {k: c[k] for k in ("complete", "pruned", "failed")},
-            "errors": [{"trial": n, "error": e} for n, e in errors], "best": best, "test_loss": test, "seconds": round(seconds, 3), "work_dir": str(work), "jobs": jobs,
-            "interrupted": interrupted, "worker_errors": len(failed_workers), "leaderboard": board, "plots": plots}
+    return {"study": opts["study"], "storage": str(where),
+            "trials": {k: c[k] for k in ("complete", "pruned", "failed")},
+            "errors": [{"trial": n, "error": e} for n, e in errors], "best": best, "test_loss": test,
+            "seconds": round(seconds, 3), "work_dir": str(work), "jobs": jobs, "interrupted": interrupted,
+            "worker_errors": len(failed_workers), "leaderboard": board, "plots": plots}
 
 
 def _update(bar, study, counts) -> None:

@@ -74,7 +74,10 @@ def objective_for(opts: dict, study, params):
         try:
             return run_trial(trial)
         except FAILS as e:  # the trial fails, the study goes on; the reason stays with the trial
-            trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:500])
+            try:
+                trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:500])
+            except Exception:  # the storage failing too must not hide the first error
+                pass
             raise
 
     def run_trial(trial: optuna.Trial) -> float:

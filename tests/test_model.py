@@ -7,7 +7,7 @@ import fastmlp
 from fastmlp import MLP, _core
 from fastmlp.model import PARAM_NAMES
 import torch_reference as ref
-from conftest import copy_params, normwise_close, train_steps
+from conftest import U, copy_params, normwise_close, train_steps
 
 
 def make_batch(rng, V, T, N):
@@ -119,21 +119,34 @@ def test_trajectory_1000_steps_scaled_init(isa, small_names):
 
 
 def test_trajectory_1000_steps_lecture_init(isa, small_names):
+    # The lecture's init (loss ~18, saturated tanh, lr 0.1) makes the trajectory chaotic: a
+    # 1-ulp change of the float32 start moves the float64 loss by 2e-5 to 3.5e-3 within
+    # 1,000 steps (measured over 36 perturbed starts, for PyTorch float32 and fastmlp
+    # alike), so no bound on the distance between two whole trajectories holds without
+    # luck. What does not depend on luck is each step: from the parameters fastmlp holds at
+    # step s, its loss and its update must be what float64 computes from the same
+    # parameters, within the bounds of one step (test_loss_and_grad_match_autograd):
+    # loss to 1e-5 relative, the gradient to 1e-4 of its largest entry (normwise: 1 - h^2
+    # of a saturated unit keeps few correct digits in any float32 implementation), and the
+    # stored result to U = 2^-24 of each parameter. Checked at every one of the 1,000 steps
+    # (measured here: the worst step uses 7% of each bound), so a wrong gradient anywhere on
+    # the saturated trajectory fails (a learning rate off by 3e-4 relative exceeds it 3x).
     X, Y = small_names.train
     m = MLP(small_names.vocab.size, 3, 10, 200, seed=5, init="lecture")
     batches = np.random.default_rng(2).integers(0, len(Y), (1000, 32))
-    losses, P = run_fastmlp(m.params, X, Y, batches, 0.1)
-    tl32, tp32 = ref.sgd_trajectory(m.params, X, Y, batches, 0.1)
-    tl64, tp64 = ref.sgd_trajectory(m.params, X, Y, batches, 0.1, dtype=torch.float64)
-    # The lecture's init (loss ~20, saturated tanh, lr 0.1) amplifies rounding: PyTorch
-    # float32 itself drifts from the float64 trajectory by ~1e-2 in loss. fastmlp must stay
-    # as close to the float64 truth as PyTorch float32 is (within 3x, plus 1e-4).
-    torch_drift = np.abs(tl32 - tl64).max()
-    ours_drift = np.abs(losses - tl64).max()
-    assert ours_drift <= 3 * torch_drift + 1e-4, (ours_drift, torch_drift)
-    for k in PARAM_NAMES:
-        scale = np.abs(tp64[k]).max()
-        assert np.abs(P[k] - tp64[k]).max() <= 3 * np.abs(tp32[k] - tp64[k]).max() + 1e-4 * scale, k
+    lr = 0.1
+    whole, _ = run_fastmlp(m.params, X, Y, batches, lr)
+    P = copy_params(m.params)
+    for s, ix in enumerate(batches):
+        before = copy_params(P)
+        loss = train_steps(P, X, Y, (1, lr), batches=ix[None])[0]
+        assert loss == whole[s], f"step {s}: one step at a time differs from one call"  # the same trajectory
+        rloss, rgrads = ref.mlp_loss_and_grad(before, X[ix], Y[ix])  # float64, from fastmlp's parameters
+        assert abs(loss - rloss) <= 1e-5 * max(1.0, abs(rloss)), (s, loss, rloss)
+        for k in PARAM_NAMES:
+            step_err = np.abs((P[k].astype(np.float64) - before[k]) + lr * rgrads[k]) - U * np.abs(P[k])
+            bound = lr * 1e-4 * np.abs(rgrads[k]).max()
+            assert step_err.max() <= bound, f"step {s} d{k}: {step_err.max():.3e} > {bound:.3e}"
 
 
 def test_per_call_api_follows_the_fused_loop(small_names):

@@ -75,3 +75,47 @@ def remove_stale_temp_files(folder: PathLike, name: str) -> int:
         except OSError:
             pass
     return n
+
+
+LOCK_NAME = ".fastmlp.lock"
+
+
+class WorkDirBusy(ValueError):
+    """Another run holds the work dir."""
+
+
+class WorkDirLock:
+    """An advisory lock on a work dir, held for a run's life: flock() on WORK/.fastmlp.lock,
+    which also holds the holder's pid. The kernel frees it when the holder closes it or
+    dies (kill -9 included), so a killed run never leaves the folder locked. flock locks
+    belong to an open file, so two runs in one process (two threads) exclude each other
+    too. Where flock does not exist (Windows) nothing is locked."""
+
+    def __init__(self, work: PathLike):
+        self.path = Path(work) / LOCK_NAME
+        self._fd = None
+        try:
+            import fcntl
+        except ImportError:  # not POSIX
+            return
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip()
+            os.close(fd)
+            who = f"pid {holder}" + (" (this process)" if holder == str(os.getpid()) else "") if holder.isdigit() \
+                else "another process"
+            raise WorkDirBusy(f"work dir {str(Path(work))!r} is in use by another run ({who}): wait for it to end, "
+                              "or choose another work dir") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)  # closing the file releases the flock
+
+    def __del__(self):
+        self.release()

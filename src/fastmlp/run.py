@@ -1,10 +1,14 @@
 """A training run in a work dir: start it (or resume it), run chunks of steps in the C++
 loop, evaluate, checkpoint, finish. fastmlp.train.train() drives it; so can you:
 
-    run = Run.start(TrainConfig(work_dir="out", max_steps=5000))
-    while not run.done:
-        run.step_chunk(run.next_chunk(1000))
-    metrics = run.finish()
+    with Run.start(TrainConfig(work_dir="out", max_steps=5000)) as run:
+        while not run.done:
+            run.step_chunk(run.next_chunk(1000))
+        metrics = run.finish()
+
+A run holds its work dir (fastmlp._files.WorkDirLock) from start() or resume() until
+close() (or the end of the with block): a second run on the same folder, in this
+process or another, is refused, naming the holder's pid.
 """
 from __future__ import annotations
 
@@ -19,9 +23,9 @@ import numpy as np
 
 from . import _core
 from . import checkpoint as ckpt_io
-from ._files import atomic_write, atomic_write_json, remove_stale_temp_files
+from ._files import WorkDirLock, atomic_write, atomic_write_json, remove_stale_temp_files
 from .config import TrainConfig, learning_rates, resume_config
-from .data import SPLIT_RULE, Dataset, bundled_names, load_dataset
+from .data import SPLIT_RULE, DataError, Dataset, bundled_names, load_dataset
 from .model import MLP
 
 OUTPUT_FILES = (ckpt_io.CHECKPOINT_NAME, "metrics.json", "loss_history.npy", "loss.png", "embedding.png")
@@ -70,8 +74,10 @@ class Run:
     """The state of one training run; see the module docstring."""
 
     def __init__(self, cfg: TrainConfig, ds: Dataset, model: MLP, step: int, rng_state: np.ndarray,
-                 opt, history: List[np.ndarray], dev_curve: list, log: Callable[[str], None]):
+                 opt, history: List[np.ndarray], dev_curve: list, log: Callable[[str], None],
+                 lock: Optional[WorkDirLock] = None):
         self.cfg, self.ds, self.model, self.step = cfg, ds, model, step
+        self.lock = lock
         self.rng_state, self.opt, self.history, self.dev_curve, self.log = rng_state, opt, history, dev_curve, log
         self.work = Path(cfg.work_dir)
         self.ckpt_path = self.work / ckpt_io.CHECKPOINT_NAME
@@ -90,13 +96,20 @@ class Run:
         cfg.check()
         work = Path(cfg.work_dir)
         prepare_work_dir(work)
-        if (work / ckpt_io.CHECKPOINT_NAME).exists() and not overwrite:
-            raise ValueError(f"work dir {str(work)!r} already holds a checkpoint ({ckpt_io.CHECKPOINT_NAME}): "
-                             "continue it with --resume, or replace it with --overwrite")
-        ds = dataset if dataset is not None else load_dataset(cfg.input_file, cfg.block_size)
-        check_dataset(ds, cfg.batch_size)
-        model = MLP(ds.vocab.size, cfg.block_size, cfg.n_embd, cfg.n_hidden, seed=cfg.seed, init=cfg.init)
-        return cls(cfg, ds, model, 0, _core.rng_state(cfg.seed), cfg.make_optimizer(model.params), [], [], log)
+        lock = WorkDirLock(work)  # before the look for a checkpoint: two runs started together cannot both pass
+        try:
+            if (work / ckpt_io.CHECKPOINT_NAME).exists() and not overwrite:
+                raise ValueError(f"work dir {str(work)!r} already holds a checkpoint ({ckpt_io.CHECKPOINT_NAME}): "
+                                 "continue it with --resume (Python: resume=True), or replace it with --overwrite "
+                                 "(overwrite=True)")
+            ds = dataset if dataset is not None else load_dataset(cfg.input_file, cfg.block_size)
+            check_dataset(ds, cfg.batch_size)
+            model = MLP(ds.vocab.size, cfg.block_size, cfg.n_embd, cfg.n_hidden, seed=cfg.seed, init=cfg.init)
+            return cls(cfg, ds, model, 0, _core.rng_state(cfg.seed), cfg.make_optimizer(model.params), [], [], log,
+                       lock)
+        except BaseException:
+            lock.release()
+            raise
 
     @classmethod
     def resume(cls, work_dir, overrides: Optional[dict] = None, dataset: Optional[Dataset] = None,
@@ -104,6 +117,16 @@ class Run:
         """Continues the checkpoint in work_dir with its saved configuration; overrides may
         change only what config.RESUME_MAY_CHANGE lists."""
         work = Path(work_dir)
+        lock = WorkDirLock(work) if work.is_dir() else None  # (no folder: load() says there is no checkpoint)
+        try:
+            return cls._resume(work, overrides, dataset, log, lock)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+
+    @classmethod
+    def _resume(cls, work: Path, overrides: Optional[dict], dataset: Optional[Dataset], log, lock) -> "Run":
         ck = ckpt_io.load(work / ckpt_io.CHECKPOINT_NAME)
         saved = dict(ck.train_config)
         if not saved:  # saved by hand (checkpoint.save with a model only): the model gives the sizes
@@ -112,7 +135,13 @@ class Run:
         cfg.check()
         prepare_work_dir(work)
         where = f"checkpoint {str(work / ckpt_io.CHECKPOINT_NAME)!r}"
-        ds = dataset if dataset is not None else load_dataset(cfg.input_file, cfg.block_size)
+        try:
+            ds = dataset if dataset is not None else load_dataset(cfg.input_file, cfg.block_size)
+        except DataError as e:
+            if "input_file" in (overrides or {}):
+                raise
+            raise DataError(f"{e}: it is the file {where} was trained on; if it moved, resume with "
+                            "-i NEWPATH (Python: input_file=...)") from None
         if ck.vocab != ds.vocab:
             raise ckpt_io.CheckpointError(f"{where} was trained on another vocabulary "
                                           f"({''.join(ck.vocab.itos)!r} vs {''.join(ds.vocab.itos)!r})")
@@ -138,7 +167,19 @@ class Run:
         history = [np.asarray(ck.loss_history, np.float32)] if ck.loss_history is not None else []
         dev_curve = [tuple(p) for p in ck.metrics.get("dev_curve", [])]
         log(f"resuming from {work / ckpt_io.CHECKPOINT_NAME} at step {ck.step:,}")
-        return cls(cfg, ds, ck.model, ck.step, np.array(rng, dtype=np.uint64), opt, history, dev_curve, log)
+        return cls(cfg, ds, ck.model, ck.step, np.array(rng, dtype=np.uint64), opt, history, dev_curve, log, lock)
+
+    # -- holding the work dir --------------------------------------------------------
+    def close(self) -> None:
+        """Frees the work dir for another run (the files stay)."""
+        if self.lock is not None:
+            self.lock.release()
+
+    def __enter__(self) -> "Run":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # -- running ------------------------------------------------------------------------
     @property

@@ -106,6 +106,11 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
         run = Run.resume(cfg.work_dir, overrides, dataset=dataset, log=log)
     else:
         run = Run.start(cfg, dataset=dataset, overwrite=overwrite, log=log)
+    with run:  # holds the work dir until the run's files are written
+        return _train(run, progress, log, on_eval, plots)
+
+
+def _train(run: Run, progress: bool, log, on_eval, plots: bool) -> dict:
     cfg = run.cfg
     all_threads = cfg.num_threads or _core.get_num_threads()
     chooser = ThreadChooser(all_threads, fixed=cfg.num_threads is not None)  # --num-threads fixes it

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -20,6 +21,8 @@ SCHEDULES = ("step", "cosine", "constant")
 OPTIMIZERS = ("sgd", "adamw")
 MAX_STEPS = 1 << 40
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+BOOL_FIELDS = ("nesterov", "eval_test")
+FLOAT_FIELDS = ("momentum", "beta1", "beta2", "weight_decay", "dropout", "learning_rate", "lr_decay_factor", "min_lr")
 
 
 @dataclass
@@ -54,6 +57,7 @@ class TrainConfig:
 
     def check(self) -> None:
         """Raises ValueError (TypeError for a wrong type) naming the first bad field."""
+        self._check_types()
         check_sizes(self.block_size, self.n_embd, self.n_hidden)
         for name, lo, hi in (("batch_size", 1, 1 << 30), ("eval_interval", 1, MAX_STEPS),
                              ("lr_decay_step", 1, MAX_STEPS), ("max_steps", 0, MAX_STEPS),
@@ -76,6 +80,25 @@ class TrainConfig:
                     or not 1 <= self.num_threads <= _core.max_threads():
                 raise ValueError(f"num_threads must be an integer in [1, {_core.max_threads()}] "
                                  f"(this machine has {_core.build_info()['cpus']} CPUs), got {self.num_threads!r}")
+
+    def _check_types(self) -> None:
+        """A --config file is JSON: "no" is not false, and true is not 1.0. Booleans must
+        be booleans, numbers numbers (not booleans), names strings."""
+        for name in BOOL_FIELDS:
+            v = getattr(self, name)
+            if not isinstance(v, (bool, np.bool_)):
+                raise TypeError(f"{name} must be true or false (a JSON boolean), got {v!r}")
+        for name in FLOAT_FIELDS:
+            v = getattr(self, name)
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+                raise TypeError(f"{name} must be a number, got {v!r}")
+        for name in ("init", "optimizer", "lr_schedule"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"{name} must be a string, got {getattr(self, name)!r}")
+        for name in ("work_dir", "input_file"):
+            v = getattr(self, name)
+            if not isinstance(v, (str, os.PathLike)) and not (v is None and name == "input_file"):
+                raise TypeError(f"{name} must be a path (a string), got {v!r}")
 
     def make_optimizer(self, params=None) -> optim.Optimizer:
         if self.optimizer not in OPTIMIZERS:

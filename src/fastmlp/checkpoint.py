@@ -2,8 +2,10 @@
 
 * Loading never executes code and never trusts the file: arrays are read with
   allow_pickle=False, and every array's header (dtype, shape) is checked against the
-  stored configuration *before* the array is read, so a hand-edited or hostile file
-  cannot make the loader allocate gigabytes. Metadata is JSON, checked field by field.
+  stored configuration *before* the array is read, and the bytes the arrays declare
+  are counted against a cap (``max_bytes``, 1 GiB unless raised) before the first one
+  is read, so a hand-edited or hostile file (zeros compress ~1000x) cannot make the
+  loader allocate gigabytes. Metadata is JSON, checked field by field.
 * Saving is atomic (fastmlp._files): an interrupted save leaves the previous
   checkpoint intact.
 * A checkpoint is proportional to the model: the training words are not stored, only
@@ -30,6 +32,9 @@ VERSION = 2  # 1: training words stored in full, optimizer state as a list
 CHECKPOINT_NAME = "model.npz"
 MAX_ELEMENTS = 1 << 31  # no parameter array of a loadable model is larger
 MAX_TEXT_BYTES = 1 << 28  # metadata (and version 1's word list)
+# What load() reads at most, every array together, unless told otherwise: 268M float32
+# numbers; --preset best with AdamW's state is 3.4 MB.
+MAX_BYTES = 1 << 30
 
 
 class CheckpointError(ValueError):
@@ -87,9 +92,20 @@ def save(path, ckpt: Checkpoint) -> Path:
 class _Reader:
     """Reads members of an .npz one at a time, checking each header first."""
 
-    def __init__(self, zf: zipfile.ZipFile, where: str):
+    def __init__(self, zf: zipfile.ZipFile, where: str, max_bytes: Optional[int]):
         self.zf, self.where = zf, where
         self.names = {n[:-4] for n in zf.namelist() if n.endswith(".npy")}
+        self.cap = self.left = max_bytes  # bytes the arrays still to be read may take (None: no cap)
+
+    def claim(self, nbytes: int, what: str) -> None:
+        """Counts nbytes against the cap before they are allocated."""
+        if self.left is None:
+            return
+        if nbytes > self.left:
+            raise CheckpointError(f"{self.where}: {what} takes {_size(nbytes)}, more than checkpoint.load() reads "
+                                  f"unless told ({_size(self.cap)} in all); a real model this "
+                                  "large loads with checkpoint.load(path, max_bytes=None)")
+        self.left -= nbytes
 
     def read(self, key: str, dtype, shape=None, max_len: Optional[int] = None) -> np.ndarray:
         """The array `key`, which must have this dtype and shape (or, with max_len, be
@@ -113,6 +129,8 @@ class _Reader:
             if self.zf.getinfo(key + ".npy").file_size < nbytes:  # never allocate what the file cannot hold
                 raise CheckpointError(f"{self.where}: {key} claims {nbytes:,} bytes but the file holds fewer "
                                       "(truncated or hand-edited)")
+            if key not in PARAM_NAMES and not key.startswith("opt"):  # (the model's arrays: claimed up front)
+                self.claim(nbytes, key)
         with self.zf.open(key + ".npy") as f:  # read_array reads the header again
             a = np.lib.format.read_array(f, allow_pickle=False)
         return np.ascontiguousarray(a)
@@ -153,8 +171,16 @@ def _check_metrics(metrics: dict, where: str) -> None:
         raise CheckpointError(f"{where}: metrics.dev_curve must be a list of [step, loss] pairs")
 
 
-def load(path) -> Checkpoint:
-    """Reads and checks a checkpoint written by save() (this version or version 1)."""
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB" if nbytes >= 2**20 \
+        else f"{nbytes:,} bytes"
+
+
+def load(path, max_bytes: Optional[int] = MAX_BYTES) -> Checkpoint:
+    """Reads and checks a checkpoint written by save() (this version or version 1).
+    max_bytes: the most its arrays together may take in memory (None: no cap)."""
+    if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0):
+        raise TypeError(f"max_bytes must be an integer >= 0 or None, got {max_bytes!r}")
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT_NAME
@@ -163,7 +189,7 @@ def load(path) -> Checkpoint:
     where = f"checkpoint {str(path)!r}"
     try:
         with zipfile.ZipFile(path) as zf:
-            return _load(_Reader(zf, where), where)
+            return _load(_Reader(zf, where, max_bytes), where)
     except CheckpointError:
         raise
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, NotImplementedError, RuntimeError,
@@ -202,6 +228,12 @@ def _load(r: _Reader, where: str) -> Checkpoint:
         raise CheckpointError(f"{where} has an invalid vocabulary: {e}") from None
     if vocab.size != V:
         raise CheckpointError(f"{where}: vocabulary of {vocab.size} symbols but the model has vocab_size {V}")
+    # the model and its optimizer state, counted before any array is read
+    n_slots = len(meta["optimizer_slots"]) if isinstance(meta.get("optimizer_slots"), list) else \
+        ({5: 1, 10: 2}.get(meta["opt_tensors"], 0) if isinstance(meta.get("opt_tensors"), int) else 0)
+    n_params = sum(int(np.prod(s)) for s in shapes.values())
+    r.claim(4 * n_params * (1 + n_slots), f"a model of (V, T, E, H) = {(V, T, E, H)}"
+            + (f" with {n_slots} optimizer slot{'s' if n_slots > 1 else ''}" if n_slots else ""))
     init = cfg.get("init")
     step = _int(meta, "step", where, default=0)
     opt_step = _int(meta, "opt_step", where, default=0)

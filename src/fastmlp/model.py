@@ -86,9 +86,14 @@ class MLP:
         """A model from its five arrays (C, W1, b1, W2, b2, any float dtype), with no random
         initialisation; the sizes are read off the shapes. copy=False keeps float32
         C-contiguous arrays as they are (the model then writes into them)."""
+        if not isinstance(params, Mapping):
+            raise TypeError(f"params must be a mapping of the arrays {PARAM_NAMES}, got {type(params).__name__}")
         missing = [k for k in PARAM_NAMES if k not in params]
         if missing:
             raise KeyError(f"params is missing {missing}; a model needs {PARAM_NAMES}")
+        extra = [k for k in params if k not in PARAM_NAMES]
+        if extra:  # a deeper or different model: dropping its arrays would give another model
+            raise ValueError(f"params has {extra}, which this model does not have: it is exactly {PARAM_NAMES}")
         arrays = {}
         for k in PARAM_NAMES:
             a = np.asarray(params[k])
@@ -129,11 +134,20 @@ class MLP:
     def from_torch(cls, module_or_state_dict) -> "MLP":
         """The model back from a TorchMLP (or any module or state_dict with tensors C, W1,
         b1, W2, b2 of the same shapes); values are copied bit for bit."""
-        state = module_or_state_dict.state_dict() if hasattr(module_or_state_dict, "state_dict") \
-            else module_or_state_dict
+        obj = module_or_state_dict
+        state = obj.state_dict() if callable(getattr(obj, "state_dict", None)) else obj
+        if not isinstance(state, Mapping):
+            raise TypeError(f"from_torch takes a torch.nn.Module or a state_dict, got {type(obj).__name__}")
         missing = [k for k in PARAM_NAMES if k not in state]
         if missing:
             raise KeyError(f"the PyTorch state lacks {missing}; fastmlp needs {PARAM_NAMES}")
+        extra = [k for k in state if k not in PARAM_NAMES]
+        if extra:  # e.g. another nn.Linear: the fastmlp model would compute something else
+            raise ValueError(f"the PyTorch state has {extra}, which fastmlp's model does not: it is exactly "
+                             f"{PARAM_NAMES} (fastmlp.torch_module.TorchMLP)")
+        for k in PARAM_NAMES:
+            if not callable(getattr(state[k], "detach", None)):
+                raise TypeError(f"the PyTorch state's {k} is not a tensor but {type(state[k]).__name__}")
         return cls.from_params({k: state[k].detach().cpu().numpy() for k in PARAM_NAMES})
 
     # -- information ---------------------------------------------------------

@@ -22,10 +22,17 @@ def sample_words(model: MLP, vocab: Vocab, n: int = 20, seed: int = 0, temperatu
                  top_k: int = 0, max_len: int = 64, threads: Optional[int] = None) -> List[str]:
     """n words. Word i depends only on (seed, i): the same seed gives the same words,
     and asking for more words keeps the first ones."""
+    return [w for w, _ in sample_with_ends(model, vocab, n, seed, temperature, top_k, max_len, threads)]
+
+
+def sample_with_ends(model: MLP, vocab: Vocab, n: int = 20, seed: int = 0, temperature: float = 1.0,
+                     top_k: int = 0, max_len: int = 64, threads: Optional[int] = None) -> List[Tuple[str, bool]]:
+    """As sample_words, each word with whether it ended (the model chose '.' within
+    max_len characters); a word that did not was cut by max_len and is not a whole word."""
     if vocab.size != model.vocab_size:
         raise ValueError(f"vocab has {vocab.size} symbols but the model expects {model.vocab_size}")
     out = _core.sample(model.arrays(), n, max_len, seed, temperature, top_k, threads=threads)
-    return [vocab.decode(row) for row in out]
+    return [(vocab.decode(row), bool((row == 0).any())) for row in out]
 
 
 def training_words(ck: ckpt_io.Checkpoint, input_file: Optional[str] = None) -> Tuple[Optional[set], str]:
@@ -75,15 +82,21 @@ def main(argv: Optional[list] = None) -> int:
 
     def body():
         ck = ckpt_io.load(args.checkpoint or Path(args.work_dir) / ckpt_io.CHECKPOINT_NAME)
-        words = sample_words(ck.model, ck.vocab, args.num_samples, args.seed, args.temperature, args.top_k,
-                             args.max_len)
+        samples = sample_with_ends(ck.model, ck.vocab, args.num_samples, args.seed, args.temperature, args.top_k,
+                                   args.max_len)
         seen, why = training_words(ck, args.input_file)
-        lines = [w + (" (in train)" if seen is not None and w in seen else "") for w in words]
+        lines = [w + (f" (cut at --max-len {args.max_len})" if not ended else
+                      " (in train)" if seen is not None and w in seen else "") for w, ended in samples]
         sys.stdout.write("".join(line + "\n" for line in lines))
+        words = [w for w, ended in samples if ended]  # a word cut by --max-len is not a name
+        cut = len(samples) - len(words)
+        if cut:
+            print(f"{cut} of {len(samples)} samples did not end within --max-len {args.max_len} characters "
+                  "(marked; not counted below)", file=sys.stderr)
         if words and seen is not None:
             new = sum(w not in seen for w in words)
-            print(f"{new} of {len(words)} samples ({100 * new / len(words):.0f}%) are new names, "
-                  "not in the training set", file=sys.stderr)
+            print(f"{new} of {len(words)} {'whole ' if cut else ''}samples ({100 * new / len(words):.0f}%) are new "
+                  "names, not in the training set", file=sys.stderr)
         elif words:
             print(f"note: samples are not marked against the training set: {why}", file=sys.stderr)
         return 0

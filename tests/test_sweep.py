@@ -214,3 +214,127 @@ def test_a_flop_budget_sets_the_steps():
     assert v["max_steps"] == 11000 and "flop_budget" not in v
     small = apply_budget({"n_hidden": 10, "eval_interval": 500, "flop_budget": 1.0}, 27)
     assert small["max_steps"] == 500  # at least one interval
+
+
+# -- a hostile user's second hour (issue 18) ----------------------------------------------------
+@pytest.mark.parametrize("spec,msg", [
+    ({"dropout": {"low": float("nan"), "high": 0.3}}, "'dropout' needs finite numbers low <= high, got nan"),
+    ({"n_hidden": {"low": 8, "high": 48, "step": 0}}, "'n_hidden': step must be a number > 0, got 0"),
+    ({"n_hidden": {"low": 8, "high": 48, "step": 8, "log": True}}, "'n_hidden': a range takes step or log"),
+    ({"block_size": "abc"}, "'block_size' = 'abc' is not a valid value: block_size must be an int"),
+    ({"dropout": {"choices": [0.1, 1.5]}}, "'dropout' = 1.5 is not a valid value"),
+    ({"lr_adamw": {"field": "learning_rate", "low": -1.0, "high": 0.1}}, "'lr_adamw' = -1.0 is not a valid value"),
+    ({"nesterov": {"choices": [True, False]}}, "'nesterov' = True is not a valid value: momentum and nesterov "
+                                               "belong to --optimizer sgd"),  # (TINY_SPACE fixes adamw)
+    ({"flop_budget": 0}, "flop_budget must be a number > 0"),
+])
+def test_bad_spaces_are_one_line_before_the_study_is_written(tmp_path, words_and_space, spec, msg):
+    words, _ = words_and_space
+    space = tmp_path / "bad.json"
+    space.write_text(json.dumps({**TINY_SPACE, **spec}))  # (json writes NaN, and reads it back)
+    out = tmp_path / "s"
+    r = sweep_cli("-i", words, "-o", out, "--space", space, "--n-trials", 2, "--jobs", 1, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and msg in r.stderr, r.stderr
+    assert not (out / "study.journal").exists()
+
+
+def test_a_work_dir_that_is_a_file_is_named_as_such(tmp_path, words_and_space):
+    words, space = words_and_space
+    (tmp_path / "afile").write_text("x")
+    r = sweep_cli("-i", words, "-o", tmp_path / "afile", "--space", space, "--n-trials", 2, timeout=120)
+    assert r.returncode == 2 and "work dir" in r.stderr and "exists and is not a folder" in r.stderr, r.stderr
+
+
+def test_a_study_that_failed_often_resumes_once_the_cause_is_fixed(tmp_path, words_and_space):
+    words, space = words_and_space
+    out = tmp_path / "s"
+    bad = tmp_path / "big_batch.json"
+    bad.write_text(json.dumps({**TINY_SPACE, "batch_size": 100_000}))  # every trial fails in train()
+    r = sweep_cli("-i", words, "-o", out, "--space", bad, "--n-trials", 2, "--jobs", 1, "--no-progress", timeout=300)
+    assert r.returncode != 0 and "11 trials failed in this run" in r.stderr and "rerun the same command" in r.stderr
+    # fixed: the same study goes on (only this run's failures count), and the leaderboard shows
+    # the steps each trial ran (--max-steps caps the sampled value)
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({**TINY_SPACE, "max_steps": {"low": 300, "high": 400, "step": 100}}))
+    r = sweep_cli("-i", words, "-o", out, "--space", good, "--n-trials", 2, "--jobs", 1, "--max-steps", 200,
+                  "--json", "--no-progress", timeout=300)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["trials"]["complete"] + res["trials"]["pruned"] == 2 and res["trials"]["failed"] >= 11
+    import csv
+
+    rows = list(csv.DictReader((out / "leaderboard.csv").open()))
+    assert rows and all(row["max_steps"] == row["steps"] == "200" for row in rows), rows
+    assert f"--config {out / 'best.json'} -o {out / 'winner'}" in r.stderr  # the hint runs as printed
+
+
+def running(work) -> int:
+    """Trials running in the study journal of a sweep's work dir."""
+    if not (work / "study.journal").exists():
+        return 0
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(work / "study.journal")))
+    try:
+        study = optuna.load_study(study_name="fastmlp", storage=storage)
+    except KeyError:  # not created yet
+        return 0
+    return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")  # a zombie has ended (reaped or not)
+
+
+def children(pid: int) -> list:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(c) for c in path.read_text().split()] if path.exists() else []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_end_when_the_sweep_is_killed_and_a_rerun_retries_their_trials(tmp_path, words_and_space):
+    words, _ = words_and_space
+    space = tmp_path / "slow.json"  # trials of minutes: they outlast the test unless their workers end
+    space.write_text(json.dumps(dict(TINY_SPACE, max_steps=20_000_000, eval_interval=1_000_000)))
+    cmd = [sys.executable, "-m", "fastmlp.sweep", "-i", str(words), "-o", str(tmp_path / "s"), "--space", str(space),
+           "--n-trials", "2", "--jobs", "2", "--heartbeat", "1", "--no-progress"]
+    parent = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and running(tmp_path / "s") < 2:
+        time.sleep(0.2)  # (both workers are training)
+    workers = [c for c in children(parent.pid) if "resource_tracker" not in Path(f"/proc/{c}/cmdline").read_text()]
+    assert len(workers) >= 2, workers
+    parent.send_signal(signal.SIGKILL)
+    parent.wait(30)
+    deadline = time.time() + 10
+    while any(alive(w) for w in workers) and time.time() < deadline:
+        time.sleep(0.2)
+    orphans = [w for w in workers if alive(w)]
+    for w in orphans:
+        os.kill(w, signal.SIGKILL)
+    assert not orphans, "workers outlived the sweep that started them"
+    # the same command again (trials capped short): the killed trials fail by heartbeat and are retried
+    r = subprocess.run(cmd[:-1] + ["--max-steps", "300", "--json", "--no-progress"], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["trials"]["complete"] + res["trials"]["pruned"] == 2 and res["trials"]["failed"] >= 2  # retried
+
+
+def test_ctrl_c_of_a_sweep_says_how_to_go_on(tmp_path, words_and_space):
+    words, _ = words_and_space
+    space = tmp_path / "slow.json"
+    space.write_text(json.dumps(dict(TINY_SPACE, max_steps=200_000, eval_interval=20_000)))
+    p = subprocess.Popen([sys.executable, "-m", "fastmlp.sweep", "-i", str(words), "-o", str(tmp_path / "s"),
+                          "--space", str(space), "--n-trials", "2", "--jobs", "1", "--no-progress"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and running(tmp_path / "s") < 1:
+        time.sleep(0.2)
+    os.killpg(p.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert "rerun the same command to resume the study" in err and "Traceback" not in err, err

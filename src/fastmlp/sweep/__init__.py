@@ -72,15 +72,19 @@ def sweep(opts: dict, log=lambda s: print(s, file=sys.stderr, flush=True), progr
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    from ..run import prepare_work_dir
+
     work = Path(opts["work_dir"])
     load_space(opts.get("space"))  # a bad space stops here, before anything is written
     if opts.get("timeout") is not None and not opts["timeout"] > 0:
         raise ValueError(f"--timeout must be a number of seconds > 0, got {opts['timeout']}")
+    prepare_work_dir(work)  # a file, or a folder we cannot write to: one line, before the study is opened
     storage = open_storage(opts.get("storage"), work, opts.get("heartbeat", 5))  # a bad URL stops here, one line
     study = open_study(storage, opts["study"], opts["seed"])
     jobs = opts.get("jobs") or usable_cores()
-    opts = dict(opts, start=time.time())
     before = counts(study)
+    # the workers end with this process (parent_pid), and count only this run's failures
+    opts = dict(opts, start=time.time(), parent_pid=os.getpid(), failed_before=before["failed"])
     where = masked(opts["storage"]) if opts.get("storage") else work / "study.journal"
     log(f"study {opts['study']!r} in {where}: {before['complete'] + before['pruned']} of {opts['n_trials']} "
         f"trials done; {jobs} worker{'s' if jobs != 1 else ''} here")
@@ -173,13 +177,18 @@ def main(argv: Optional[list] = None) -> int:
               f"({r['jobs']} worker{'s' if r['jobs'] != 1 else ''})", file=out)
         if r["best"]:
             print(r["leaderboard"].rstrip(), file=out)
+            work = Path(r["work_dir"])
             print(f"best: trial {r['best']['trial']}, dev loss {r['best']['dev_loss']:.4f}; retrain with "
-                  f"python -m fastmlp.train --config {Path(r['work_dir']) / 'best.json'}", file=out)
+                  f"python -m fastmlp.train --config {work / 'best.json'} -o {work / 'winner'}", file=out)
         if r["test_loss"] is not None:
             print(f"test loss of the best trial (evaluated once): {r['test_loss']:.4f}", file=out)
         written = ["leaderboard.md", "leaderboard.csv"] + (["best.json"] if r["best"] else []) + \
             [x for x in r["plots"] if not x.startswith("skipped")]
         print(f"wrote {', '.join(written)} in {r['work_dir']}", file=out)
-        return 130 if r["interrupted"] else 1 if r["worker_errors"] else 0
+        if r["interrupted"]:
+            print("interrupted: rerun the same command to resume the study (its finished trials are kept)",
+                  file=sys.stderr)
+            return 130
+        return 1 if r["worker_errors"] else 0
 
     return run_cli(parser, body)

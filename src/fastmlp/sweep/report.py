@@ -30,6 +30,8 @@ def leaderboard_rows(study) -> List[dict]:
                "params": t.user_attrs.get("params"), "steps": t.user_attrs.get("steps"),
                "seconds": t.user_attrs.get("seconds")}
         row.update(t.params)
+        ran = t.user_attrs.get("config", {})  # what the trial ran (e.g. max_steps capped by --max-steps)
+        row.update({k: ran[k] for k in t.params if k in ran})
         rows.append(row)
     return rows
 

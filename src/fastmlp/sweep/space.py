@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -105,11 +106,17 @@ def parse_space(raw, where: str) -> List[Param]:
                 raise SpaceError(f"{where}: {name!r} needs a non-empty list of choices")
             params.append(Param(name, field, "choice", spec["choices"], when))
         elif "low" in spec and "high" in spec:
-            lo, hi = spec["low"], spec["high"]
-            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (lo, hi)) or lo > hi:
-                raise SpaceError(f"{where}: {name!r} needs numbers low <= high, got {lo!r} and {hi!r}")
+            lo, hi, step = spec["low"], spec["high"], spec.get("step")
+            if not all(_number(v) for v in (lo, hi)) or lo > hi:
+                raise SpaceError(f"{where}: {name!r} needs finite numbers low <= high, got {lo!r} and {hi!r}")
+            if not isinstance(spec.get("log", False), bool):
+                raise SpaceError(f"{where}: {name!r}: log must be true or false, got {spec['log']!r}")
             if spec.get("log") and lo <= 0:
                 raise SpaceError(f"{where}: {name!r} is on a log scale, so low must be > 0")
+            if step is not None and (not _number(step) or step <= 0):
+                raise SpaceError(f"{where}: {name!r}: step must be a number > 0, got {step!r}")
+            if step is not None and spec.get("log"):
+                raise SpaceError(f"{where}: {name!r}: a range takes step or log, not both")
             kind = "int" if isinstance(lo, int) and isinstance(hi, int) and isinstance(spec.get("step", 1), int) \
                 else "float"
             params.append(Param(name, field, kind, spec, when))
@@ -118,7 +125,38 @@ def parse_space(raw, where: str) -> List[Param]:
         seen.add(name)
     if not any(p.kind != "fixed" for p in params):
         raise SpaceError(f"{where} has nothing to search: give at least one range or choice")
+    fixed = {}
+    for p in sorted(params, key=lambda q: q.kind != "fixed"):  # the fixed values first, alone; then the others
+        _check_values(p, params, fixed, where)
+        if p.kind == "fixed" and p.field != "flop_budget":
+            fixed[p.field] = p.spec
     return params
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# the other fields under which a field takes effect (its value is checked there)
+WHERE_MEANINGFUL = {"beta1": {"optimizer": "adamw"}, "beta2": {"optimizer": "adamw"}, "nesterov": {"momentum": 0.9}}
+
+
+def _check_values(p: Param, params: List[Param], fixed: Dict[str, Any], where: str) -> None:
+    """Every value p can give (the fixed one, each choice, both ends of a range) must make
+    a valid TrainConfig with the space's fixed values and what its `when` asks: a bad
+    value is one line here, before the study is opened, not a failure in every trial."""
+    values = [p.spec] if p.kind == "fixed" else list(p.spec) if p.kind == "choice" else [p.spec["low"], p.spec["high"]]
+    fields = {q.name: q.field for q in params}
+    context = {**WHERE_MEANINGFUL.get(p.field, {}), **fixed, **{fields[k]: v for k, v in p.when.items()}}
+    for v in values:
+        if p.field == "flop_budget":
+            if not _number(v) or v <= 0:
+                raise SpaceError(f"{where}: {p.name!r}: flop_budget must be a number > 0, got {v!r}")
+            continue
+        try:
+            TrainConfig(**{**context, p.field: v}).check()
+        except (ValueError, TypeError) as e:
+            raise SpaceError(f"{where}: {p.name!r} = {v!r} is not a valid value: {e}") from None
 
 
 def flops_per_step(values: Dict[str, Any], vocab_size: int) -> float:

@@ -137,17 +137,44 @@ def run_worker(opts: dict, index: int) -> None:
         c = counts(study)
         if c["complete"] + c["pruned"] >= total:
             return
-        if c["failed"] > max(10, 2 * total):
-            raise RuntimeError(f"{c['failed']} trials failed: see the study's failed trials")
+        failed = c["failed"] - opts.get("failed_before", 0)  # this run's: a fixed cause may be rerun
+        if failed > max(10, 2 * total):
+            raise RuntimeError(f"{failed} trials failed in this run (the sweep prints their reasons; the study keeps "
+                               "them): fix the cause and rerun the same command, or start another study with --study")
         if c["complete"] + c["pruned"] + c["running"] >= total and not c["waiting"]:
             time.sleep(1.0)  # running trials may still fail and need a retry
             continue
         study.optimize(objective, n_trials=1, catch=(Surplus,) + FAILS)
 
 
+def end_with_parent(parent_pid: Optional[int]) -> None:
+    """A worker must not outlive the sweep that started it (kill -9 of the sweep would
+    leave it training as an orphan): on Linux the kernel kills it when its parent dies
+    (PR_SET_PDEATHSIG); elsewhere a thread watches the parent's pid. Its running trial
+    then stops beating and is failed and retried like a killed worker's."""
+    if parent_pid is None:
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(1, signal.SIGKILL, 0, 0, 0) != 0:  # PR_SET_PDEATHSIG
+            raise OSError
+    except (OSError, AttributeError):  # not Linux
+        def watch():
+            while os.getppid() == parent_pid:
+                time.sleep(1.0)
+            os._exit(137)
+
+        threading.Thread(target=watch, name="fastmlp-parent-watch", daemon=True).start()
+    if os.getppid() != parent_pid:  # the parent died before the line above
+        os._exit(137)
+
+
 def worker_main(opts: dict, index: int) -> None:
     """multiprocessing target: Ctrl-C (sent to the whole process group) ends the current
     trial as failed and the worker with it; the main process reports."""
+    end_with_parent(opts.get("parent_pid"))
     try:
         run_worker(opts, index)
     except KeyboardInterrupt:

@@ -52,7 +52,7 @@ OptimizerArgs check_optimizer_object(py::handle obj, const Model& m) {
 py::array_t<float> train_steps(py::handle params, py::handle X_, py::handle Y_, py::handle lrs_,
                                py::handle batch_size_, py::handle rng_state_, py::handle batches_,
                                py::handle optimizer, double dropout, py::handle dropout_seed_, py::handle step0_,
-                               py::handle threads, py::handle stop_, py::handle profile_) {
+                               py::handle threads, py::handle stop_, py::handle profile_, py::handle diag_) {
   Exec ex = exec_for(threads);
   Model m = check_model(params, /*writable=*/true);
   auto X = check_X(X_, m.d);
@@ -94,6 +94,28 @@ py::array_t<float> train_steps(py::handle params, py::handle X_, py::handle Y_, 
     ex.profile = profile.mutable_data();
   }
 
+  // diag: (out float64 (kDiagFixed + 3 bins,), bins, pre_range, sat, act float32 (B, H) or None)
+  DiagArgs diag{};
+  py::array_t<double> diag_out;
+  py::array_t<float> diag_act;
+  if (!diag_.is_none()) {
+    py::tuple t = py::reinterpret_borrow<py::tuple>(diag_);
+    if (!py::isinstance<py::tuple>(diag_) || t.size() != 5)
+      throw py::type_error("diag must be a tuple (out, bins, pre_range, sat, act)");
+    diag.bins = (int)int_arg(t[1], "diag bins", 1, 1 << 16);
+    diag.pre_range = (float)t[2].cast<double>();
+    diag.sat = (float)t[3].cast<double>();
+    if (!(diag.pre_range > 0.f) || !std::isfinite(diag.pre_range) || !(diag.sat > 0.f && diag.sat < 1.f))
+      throw py::value_error("diag pre_range must be finite and > 0, and sat in (0, 1)");
+    diag_out = typed<double>(t[0], "diag out", {kDiagFixed + 3 * diag.bins}, "(25 + 3 * bins,)", true);
+    std::fill(diag_out.mutable_data(), diag_out.mutable_data() + diag_out.size(), NAN);
+    diag.out = diag_out.mutable_data();
+    if (!t[4].is_none()) {
+      diag_act = typed<float>(t[4], "diag act", {B, m.d.H}, "(batch_size, H)", true);
+      diag.act = diag_act.mutable_data();
+    }
+  }
+
   // nothing written may share memory with anything else of the call
   py::array none = py::array_t<float>(0);
   const py::array* s[10];
@@ -108,12 +130,13 @@ py::array_t<float> train_steps(py::handle params, py::handle X_, py::handle Y_, 
       {"rng_state", &rng}, {"batches", &batches}, {"optimizer state", s[0]}, {"optimizer state", s[1]},
       {"optimizer state", s[2]}, {"optimizer state", s[3]}, {"optimizer state", s[4]}, {"optimizer state", s[5]},
       {"optimizer state", s[6]}, {"optimizer state", s[7]}, {"optimizer state", s[8]}, {"optimizer state", s[9]},
-      {"profile", &profile}};
+      {"profile", &profile}, {"diag out", &diag_out}, {"diag act", &diag_act}};
   require_disjoint({{"C", &m.C}, {"W1", &m.W1}, {"b1", &m.b1}, {"W2", &m.W2}, {"b2", &m.b2}, {"rng_state", &rng},
                     {"optimizer state", s[0]}, {"optimizer state", s[1]}, {"optimizer state", s[2]},
                     {"optimizer state", s[3]}, {"optimizer state", s[4]}, {"optimizer state", s[5]},
                     {"optimizer state", s[6]}, {"optimizer state", s[7]}, {"optimizer state", s[8]},
-                    {"optimizer state", s[9]}, {"profile", &profile}},
+                    {"optimizer state", s[9]}, {"profile", &profile}, {"diag out", &diag_out},
+                    {"diag act", &diag_act}},
                    all);
 
   auto losses = empty<float>({steps});
@@ -121,7 +144,8 @@ py::array_t<float> train_steps(py::handle params, py::handle X_, py::handle Y_, 
                     batches_.is_none() ? rng.mutable_data() : nullptr, losses.mutable_data(),
                     opt.plain ? nullptr : &opt.o, p_drop, seed_arg(dropout_seed_, "dropout_seed"),
                     int_arg(step0_, "step0", 0, INT64_MAX / 2),
-                    stop_.is_none() ? nullptr : (const volatile int32_t*)stop.data()};
+                    stop_.is_none() ? nullptr : (const volatile int32_t*)stop.data(),
+                    diag_.is_none() ? nullptr : &diag};
   MutParams p = m.mut();
   int64_t done;
   {

@@ -33,7 +33,7 @@ py::tuple mlp_loss_and_grad(py::handle params, py::handle X, py::handle Y, py::h
 py::array_t<float> train_steps(py::handle params, py::handle X, py::handle Y, py::handle lrs, py::handle batch_size,
                                py::handle rng_state, py::handle batches, py::handle optimizer, double dropout,
                                py::handle dropout_seed, py::handle step0, py::handle threads, py::handle stop,
-                               py::handle profile);
+                               py::handle profile, py::handle diag);
 py::array_t<int32_t> sample(py::handle params, py::handle n, py::handle max_len, py::handle seed, double temperature,
                             py::handle top_k, py::handle threads);
 py::array_t<float> dropout_mask(py::handle seed, py::handle step, py::handle B, py::handle H, double p);

@@ -63,6 +63,26 @@ struct Optimizer {
   MutParams slot[2];    // state in the parameters' layout: momentum_buffer | exp_avg, exp_avg_sq
 };
 
+// The diagnostics of one training step, makemore part 3's look inside (diag-inl.h):
+// train_steps records them for the first step of its call when TrainArgs::diag is set.
+// out receives kDiagFixed + 3 * bins doubles:
+//   [0] the loss; then for the hidden layer
+//   pre_hist[bins] over [-pre_range, pre_range], act_hist[bins] over [-1, 1] (tanh output),
+//   grad_hist[bins] over [-grad_absmax, grad_absmax] (d loss / d layer output, after dropout),
+//   pre_mean, pre_std, act_mean, act_std, saturated fraction (|act| > sat), dead units
+//   (saturated on every row), grad_mean, grad_std, grad_absmax;
+//   then for each parameter C, W1, b1, W2, b2: std(before the step), std(gradient),
+//   std(after - before: the update really applied). Every std is unbiased (torch's).
+// Histogram values outside their range count in the first or last bin.
+enum { kDiagFixed = 1 + 9 + 15 };
+struct DiagArgs {
+  int bins;
+  float pre_range;
+  float sat;    // the saturation threshold (the lecture's 0.97)
+  double* out;  // (kDiagFixed + 3 * bins,)
+  float* act;   // (B, H) out, or null: the batch's tanh outputs (the saturation map)
+};
+
 // Arguments of the fused training loop (train_steps).
 struct TrainArgs {
   const int32_t* X;           // (N, T) training contexts
@@ -79,6 +99,7 @@ struct TrainArgs {
   uint64_t dropout_seed;      // masks depend on (dropout_seed, step0 + step, unit) only
   int64_t step0;              // global index of the first step of this call
   const volatile int32_t* stop;  // polled between steps: nonzero returns early (Ctrl-C); may be null
+  const DiagArgs* diag;       // not null: record the diagnostics of the call's first step
 };
 
 // Arguments of the batched sampler.

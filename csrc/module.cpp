@@ -157,12 +157,14 @@ PYBIND11_MODULE(_core, m) {
         py::arg("batch_size") = py::none(), py::arg("rng_state") = py::none(), py::arg("batches") = py::none(),
         py::arg("optimizer") = py::none(), py::arg("dropout") = 0.0, py::arg("dropout_seed") = 0,
         py::arg("step0") = 0, T, py::arg("stop") = py::none(), py::arg("profile") = py::none(),
+        py::arg("diag") = py::none(),
         "Runs len(lrs) steps in place on params (GIL released). Minibatches of batch_size are drawn with rng_state "
         "(advanced in place), or given as batches (steps, B) int64. optimizer: None (SGD fused into the products) or "
         "a fastmlp.optim optimizer, whose state and step are updated. dropout: inverted dropout on the hidden "
         "layer, masks from (dropout_seed, step0 + step). stop: an int32 array (1,) polled between steps; nonzero "
         "returns early. profile: a float64 array (threads, 2) that receives, per thread, the seconds spent in the "
-        "team's barriers and in the whole loop. Returns the per-step losses; shorter than lrs if stopped, or if a "
+        "team's barriers and in the whole loop. diag: (out, bins, pre_range, sat, act) records the first step's "
+        "diagnostics in out (float64, 25 + 3 * bins; layout: fastmlp.diagnostics). Returns the per-step losses; shorter than lrs if stopped, or if a "
         "loss became NaN/inf (then it is the last entry and that step was not applied).");
   m.def("dropout_mask", &dropout_mask, py::arg("seed"), py::arg("step"), py::arg("B"), py::arg("H"), py::arg("p"),
         "The (B, H) dropout multipliers train_steps uses at global step `step`.");

@@ -45,13 +45,18 @@ struct StepWork {
 // G given: gradients go to G. G null: the SGD update W -= lr * grad is fused into the
 // weight-gradient products. Returns the mean loss (the same on every thread); if it is
 // not finite nothing is updated. On return this thread's share of the weight products
-// is done, not necessarily the others'; demb (all rows) is complete.
+// is done, not necessarily the others'; demb (all rows) is complete. dg given (a
+// diagnostic step): its buffers are filled on the way (diag-inl.h).
 double step_team(const PadWeights& W, const PadWeights* G, float lr, const Layout& L, int64_t B, const int32_t* Yb,
-                 StepWork& ws, const Dropout& dr, Exec& ex) {
+                 StepWork& ws, const Dropout& dr, Exec& ex, StepDiag* dg = nullptr) {
   const int TE = L.TE, H = L.H, V = L.V, Hp = L.Hp, Vp = L.Vp, TEp = L.TEp;
   int64_t r0, r1;
   my_share(B, &r0, &r1);
   linear_forward_rows<true>(ws.emb, TE, TE, W.W1, Hp, W.b1, ws.h, r0, r1);  // h = tanh(emb W1 + b1)
+  if (dg) {
+    linear_forward_rows<false>(ws.emb, TE, TE, W.W1, Hp, W.b1, dg->pre, r0, r1);  // the pre-activations
+    if (team_rank() == 0) copy_weights(W, dg->before->w, L);  // nothing is updated before the barrier
+  }
   const float* hout = ws.h;                                                 // what the output layer sees
   if (dr.on()) {
     dropout_rows(dr, ws.h, H, Hp, r0, r1, ws.hd, ws.dt);
@@ -74,12 +79,16 @@ double step_team(const PadWeights& W, const PadWeights* G, float lr, const Layou
   else
     linear_backward_input_rows<kTanhGrad>(ws.dlogits, Vp, V, ws.w2t, Hp, ws.dpre, ws.h, r0, r1);
   linear_backward_input_rows<kStore>(ws.dpre, Hp, H, ws.w1t, TEp, ws.demb, nullptr, r0, r1);
+  if (dg) linear_backward_input_rows<kStore>(ws.dlogits, Vp, V, ws.w2t, Hp, dg->dh, nullptr, r0, r1);
+  const PadWeights* DG = dg && !G ? &dg->grad->w : nullptr;  // a fused step's gradients, kept too
+  if (DG) linear_backward_weight_share(hout, Hp, H, ws.dlogits, Vp, B, DG->W2, DG->b2, nullptr, nullptr, 0.f);
   // the weights, which need every row: W2 now, W1 once all of dpre is there
   if (G)
     linear_backward_weight_share(hout, Hp, H, ws.dlogits, Vp, B, G->W2, G->b2, nullptr, nullptr, 0.f);
   else
     linear_backward_weight_share(hout, Hp, H, ws.dlogits, Vp, B, nullptr, ws.colsum, W.W2, W.b2, lr);
   team_barrier(ws.bar);
+  if (DG) linear_backward_weight_share(ws.emb, TE, TE, ws.dpre, Hp, B, DG->W1, DG->b1, nullptr, nullptr, 0.f);
   if (G)
     linear_backward_weight_share(ws.emb, TE, TE, ws.dpre, Hp, B, G->W1, G->b1, nullptr, nullptr, 0.f);
   else
@@ -210,6 +219,8 @@ int64_t train_steps(const MutParams& P, const Dims& d, const TrainArgs& a, Exec&
   const int64_t B = a.batch_size;
   ws.prepare(L, B);
   ws.bar.profile = ex.profile;
+  StepDiag diag;  // the first step's diagnostics, if asked
+  if (a.diag) diag.prepare(a.diag, L, B, /*fused=*/G == nullptr);
   int64_t done = 0;
   int quit[2] = {0, 0};  // written by one thread in step s (slot s & 1), read by all after its barrier
   if (a.steps <= 0) return 0;
@@ -224,7 +235,9 @@ int64_t train_steps(const MutParams& P, const Dims& d, const TrainArgs& a, Exec&
     for (int64_t s = 0; s < a.steps; ++s) {
       const float lr = a.lrs[s];
       const int cur = (int)(s & 1), nxt = cur ^ 1;
-      const double loss = step_team(M.w, G ? &G->w : nullptr, lr, L, B, ws.Yb[cur], ws, step_dropout(a, s), ex);
+      StepDiag* dg = a.diag && s == 0 ? &diag : nullptr;
+      const double loss =
+          step_team(M.w, G ? &G->w : nullptr, lr, L, B, ws.Yb[cur], ws, step_dropout(a, s), ex, dg);
       if (!__builtin_isfinite(loss)) {  // every thread sees the same loss: all leave together
         if (team_rank() == 0) {
           a.losses[s] = (float)loss;
@@ -252,6 +265,14 @@ int64_t train_steps(const MutParams& P, const Dims& d, const TrainArgs& a, Exec&
         quit[cur] = q;
       }
       team_barrier(ws.bar);
+      if (dg) {  // every update of the step is done; nothing of the next one has started
+        if (team_rank() == 0) {
+          PadWeights g = G ? G->w : diag.grad->w;
+          if (!G) g.C = ws.dC;  // the fused step's embedding gradient
+          diag_record(diag, L, B, loss, ws.h, M.w, g);
+        }
+        team_barrier(ws.bar);
+      }
       if (quit[cur] || s + 1 == a.steps) break;
       gather_share(M.w, L, B, ws.Xb[nxt], ws.emb, ex);  // the only rows this thread's next forward reads
     }

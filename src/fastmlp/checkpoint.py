@@ -57,6 +57,9 @@ class Checkpoint:
     optimizer_state: Dict[str, Dict[str, np.ndarray]] = field(default_factory=dict)
     opt_step: int = 0                          # optimizer steps taken (AdamW's bias correction)
     train_words: List[str] = field(default_factory=list)  # only from version-1 files
+    # --diagnostics: the steps recorded and their records (fastmlp.diagnostics), (n,) and (n, L)
+    diag_steps: Optional[np.ndarray] = None
+    diag_records: Optional[np.ndarray] = None
 
 
 def save(path, ckpt: Checkpoint) -> Path:
@@ -83,6 +86,9 @@ def save(path, ckpt: Checkpoint) -> Path:
     for slot, tensors in ckpt.optimizer_state.items():
         for k in PARAM_NAMES:
             arrays[f"opt.{slot}.{k}"] = np.asarray(tensors[k], np.float32)
+    if ckpt.diag_steps is not None and len(ckpt.diag_steps):
+        arrays["diag_steps"] = np.asarray(ckpt.diag_steps, np.int64)
+        arrays["diag_records"] = np.asarray(ckpt.diag_records, np.float64)
     return atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
@@ -253,6 +259,14 @@ def _load(r: _Reader, where: str) -> Checkpoint:
         if not rng_state.any():
             raise CheckpointError(f"{where}: rng_state is all zero, which is not a state of the sampler")
     history = r.read("loss_history", np.float32, max_len=step) if "loss_history" in r.names else None
+    diag_steps = diag_records = None
+    if "diag_steps" in r.names:
+        from .diagnostics import record_length
+
+        diag_steps = r.read("diag_steps", np.int64, max_len=step + 1)
+        diag_records = r.read("diag_records", np.float64, (len(diag_steps), record_length()))
+        if len(diag_steps) and (diag_steps.min() < 0 or diag_steps.max() > step or (np.diff(diag_steps) <= 0).any()):
+            raise CheckpointError(f"{where}: diag_steps must be increasing steps in [0, {step}]")
 
     opt_state: Dict[str, Dict[str, np.ndarray]] = {}
     train_words: List[str] = []
@@ -274,4 +288,4 @@ def _load(r: _Reader, where: str) -> Checkpoint:
             opt_state[slot] = {k: r.read(f"opt.{slot}.{k}", np.float32, shapes[k]) for k in PARAM_NAMES}
     return Checkpoint(model=model, vocab=vocab, step=step, rng_state=rng_state, loss_history=history,
                       train_config=train_config, metrics=metrics, data=data, optimizer_state=opt_state,
-                      opt_step=opt_step, train_words=train_words)
+                      opt_step=opt_step, train_words=train_words, diag_steps=diag_steps, diag_records=diag_records)

@@ -21,7 +21,7 @@ SCHEDULES = ("step", "cosine", "constant")
 OPTIMIZERS = ("sgd", "adamw")
 MAX_STEPS = 1 << 40
 FLOAT32_MAX = float(np.finfo(np.float32).max)
-BOOL_FIELDS = ("nesterov", "eval_test")
+BOOL_FIELDS = ("nesterov", "eval_test", "diagnostics")
 FLOAT_FIELDS = ("momentum", "beta1", "beta2", "weight_decay", "dropout", "learning_rate", "lr_decay_factor", "min_lr")
 
 
@@ -54,6 +54,9 @@ class TrainConfig:
     eval_interval: int = 10_000
     eval_test: bool = False
     num_threads: Optional[int] = None
+    diagnostics: bool = False       # record the step's insides every diag_interval steps (fastmlp.diagnostics)
+    diag_interval: Optional[int] = None  # None: about 250 records a run
+    tensorboard: Optional[str] = None    # a folder for TensorBoard's event files (the tensorboard extra)
 
     def check(self) -> None:
         """Raises ValueError (TypeError for a wrong type) naming the first bad field."""
@@ -69,6 +72,10 @@ class TrainConfig:
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 <= v <= FLOAT32_MAX:
                 raise ValueError(f"{name} must be a finite number >= 0 that float32 can hold, got {v!r}")
+        if self.diag_interval is not None:
+            v = self.diag_interval
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 1 <= v <= max(1, self.max_steps):
+                raise ValueError(f"diag_interval must be an integer in [1, max_steps = {self.max_steps:,}], got {v!r}")
         if self.init not in ("lecture", "scaled"):
             raise ValueError(f"init must be 'lecture' or 'scaled', got {self.init!r}")
         if self.lr_schedule not in SCHEDULES:
@@ -95,9 +102,9 @@ class TrainConfig:
         for name in ("init", "optimizer", "lr_schedule"):
             if not isinstance(getattr(self, name), str):
                 raise TypeError(f"{name} must be a string, got {getattr(self, name)!r}")
-        for name in ("work_dir", "input_file"):
+        for name in ("work_dir", "input_file", "tensorboard"):
             v = getattr(self, name)
-            if not isinstance(v, (str, os.PathLike)) and not (v is None and name == "input_file"):
+            if not isinstance(v, (str, os.PathLike)) and not (v is None and name != "work_dir"):
                 raise TypeError(f"{name} must be a path (a string), got {v!r}")
 
     def make_optimizer(self, params=None) -> optim.Optimizer:
@@ -147,7 +154,8 @@ def learning_rates(cfg: TrainConfig, start: int, stop: int) -> np.ndarray:
 
 
 # What --resume may change: how long and how the run goes on, not what it trains.
-RESUME_MAY_CHANGE = ("max_steps", "eval_interval", "num_threads", "eval_test", "work_dir", "input_file")
+RESUME_MAY_CHANGE = ("max_steps", "eval_interval", "num_threads", "eval_test", "work_dir", "input_file",
+                     "diagnostics", "diag_interval", "tensorboard")
 
 
 def resume_config(saved: dict, overrides: dict) -> TrainConfig:

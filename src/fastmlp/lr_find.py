@@ -85,7 +85,8 @@ def main(argv: Optional[list] = None) -> int:
         try:
             from .plot import plot_lr_find
 
-            png = str(plot_lr_find(res["exponents"], res["losses"], out / "lr_find.png", res["suggested_lr"]))
+            plot_lr_find(res["exponents"], res["losses"], out / "lr_find.png", res["suggested_lr"])
+            png = str(out / "lr_find.png")
         except ImportError as e:
             print(f"note: {e}; skipped lr_find.png", file=sys.stderr)
         if args.json:

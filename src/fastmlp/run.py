@@ -26,9 +26,11 @@ from . import checkpoint as ckpt_io
 from ._files import WorkDirLock, atomic_write, atomic_write_json, remove_stale_temp_files
 from .config import TrainConfig, learning_rates, resume_config
 from .data import SPLIT_RULE, DataError, Dataset, bundled_names, load_dataset
+from .diagnostics import default_interval, diag_arg, diagnose, parse_record, record_length, summary
 from .model import MLP
 
-OUTPUT_FILES = (ckpt_io.CHECKPOINT_NAME, "metrics.json", "loss_history.npy", "loss.png", "embedding.png")
+OUTPUT_FILES = (ckpt_io.CHECKPOINT_NAME, "metrics.json", "loss_history.npy", "loss.png", "embedding.png",
+                "diagnostics.png", "saturation.png")
 
 
 class TrainingDiverged(RuntimeError):
@@ -84,6 +86,8 @@ class Run:
         self.first_step = step
         self.train_seconds = 0.0
         self.t_start = time.perf_counter()
+        self.diag_steps: List[int] = []           # --diagnostics: the steps recorded, and their records
+        self.diag_records: List[np.ndarray] = []
         past = np.concatenate(history) if history else np.zeros(0, np.float32)
         # the loss before any update (or a uniform guess's, if larger): twice it means divergence
         self.baseline = max(float(past[0]), math.log(ds.vocab.size)) if len(past) else None
@@ -167,7 +171,10 @@ class Run:
         history = [np.asarray(ck.loss_history, np.float32)] if ck.loss_history is not None else []
         dev_curve = [tuple(p) for p in ck.metrics.get("dev_curve", [])]
         log(f"resuming from {work / ckpt_io.CHECKPOINT_NAME} at step {ck.step:,}")
-        return cls(cfg, ds, ck.model, ck.step, np.array(rng, dtype=np.uint64), opt, history, dev_curve, log, lock)
+        run = cls(cfg, ds, ck.model, ck.step, np.array(rng, dtype=np.uint64), opt, history, dev_curve, log, lock)
+        if ck.diag_steps is not None:  # the records so far go on
+            run.diag_steps, run.diag_records = [int(s) for s in ck.diag_steps], list(ck.diag_records)
+        return run
 
     # -- holding the work dir --------------------------------------------------------
     def close(self) -> None:
@@ -186,20 +193,31 @@ class Run:
     def done(self) -> bool:
         return self.step >= self.cfg.max_steps
 
+    @property
+    def diag_interval(self) -> int:
+        return self.cfg.diag_interval or default_interval(self.cfg.max_steps)
+
     def next_chunk(self, n: int) -> int:
-        """At most n steps, ending at the next evaluation or the last step."""
-        next_eval = (self.step // self.cfg.eval_interval + 1) * self.cfg.eval_interval
-        return max(0, min(n, next_eval - self.step, self.cfg.max_steps - self.step))
+        """At most n steps, ending at the next evaluation, diagnostic step or the last step."""
+        nxt = lambda every: (self.step // every + 1) * every
+        n = min(n, nxt(self.cfg.eval_interval) - self.step, self.cfg.max_steps - self.step)
+        if self.cfg.diagnostics:  # a chunk records its first step: chunks start at the diagnostic steps
+            n = min(n, nxt(self.diag_interval) - self.step)
+        return max(0, n)
 
     def step_chunk(self, n: int, threads: Optional[int] = None, stop: Optional[np.ndarray] = None) -> np.ndarray:
         """Runs n steps in C++ (GIL released; stop: an int32 array (1,), nonzero stops it
         between steps). Returns their losses; raises TrainingDiverged if the loss blew up."""
         lrs = learning_rates(self.cfg, self.step, self.step + n)
+        record = None
+        if self.cfg.diagnostics and n and self.step % self.diag_interval == 0:
+            record = np.empty(record_length())
+        diag = None if record is None else diag_arg(record)
         t0 = time.perf_counter()
         losses = _core.train_steps(self.model.arrays(), *self.ds.train, lrs, batch_size=self.cfg.batch_size,
                                    rng_state=self.rng_state, optimizer=self.opt if self.opt.slots else None,
                                    dropout=self.cfg.dropout, dropout_seed=self.cfg.seed, step0=self.step,
-                                   threads=threads, stop=stop)
+                                   threads=threads, stop=stop, diag=diag)
         self.train_seconds += time.perf_counter() - t0
         if len(losses) and not np.isfinite(losses[-1]):  # the C++ loop stops at NaN/inf
             self._diverged(self.step + len(losses) - 1, losses[-1], lrs[len(losses) - 1])
@@ -209,6 +227,9 @@ class Run:
             recent = float(np.mean(np.concatenate(self.history[-1:] + [losses])[-100:]))
             if recent > 2 * self.baseline:  # finite but exploding (tanh + softmax keep it finite for long)
                 self._diverged(self.step + len(losses) - 1, recent, lrs[len(losses) - 1], exploded=True)
+        if record is not None and len(losses) and np.isfinite(losses[0]):
+            self.diag_steps.append(self.step)
+            self.diag_records.append(record)
         self.history.append(losses)
         self.step += len(losses)
         return losses
@@ -244,7 +265,27 @@ class Run:
         return ckpt_io.save(self.ckpt_path, ckpt_io.Checkpoint(
             model=self.model, vocab=self.ds.vocab, step=self.step, rng_state=self.rng_state,
             loss_history=self.losses(), train_config=self.cfg.asdict(), data=data_info(self.ds), metrics=metrics,
-            optimizer_state=self.opt.state, opt_step=self.opt.step))
+            optimizer_state=self.opt.state, opt_step=self.opt.step,
+            diag_steps=np.array(self.diag_steps, np.int64) if self.diag_steps else None,
+            diag_records=np.array(self.diag_records) if self.diag_records else None))
+
+    def plot_diagnostics(self) -> list:
+        """diagnostics.png and saturation.png (fastmlp.plot), the pictures of --diagnostics;
+        the weight gradients and the saturation map from the first examples of the
+        training split."""
+        from .diagnostics import SATURATION_BATCH
+        from .plot import plot_diagnostics, plot_saturation
+
+        X, Y = (a[:SATURATION_BATCH] for a in self.ds.train)
+        final = diagnose(self.model, X, Y)
+        final.step = self.step
+        plot_diagnostics(self.diagnostics(), self.work / "diagnostics.png", final)
+        plot_saturation(final.act, self.work / "saturation.png", self.step)
+        return ["diagnostics.png", "saturation.png"]
+
+    def diagnostics(self) -> list:
+        """The records of --diagnostics so far, as fastmlp.diagnostics.Diagnostics."""
+        return [parse_record(r, step=s) for s, r in zip(self.diag_steps, self.diag_records)]
 
     def finish(self, interrupted: bool = False, threads: Optional[int] = None,
                extra: Optional[dict] = None, plots: bool = True) -> dict:
@@ -263,9 +304,12 @@ class Run:
             "us_per_step": round(1e6 * self.train_seconds / steps_run, 3) if steps_run else None,
             "examples": self.ds.sizes, "params": self.model.num_params, "interrupted": interrupted,
             "checkpoint": str(self.ckpt_path), "work_dir": str(self.work), "config": cfg.asdict(),
-            "dev_curve": [list(p) for p in self.dev_curve], "isa": _core.get_isa(), **(extra or {}),
+            "dev_curve": [list(p) for p in self.dev_curve], "isa": _core.get_isa(),
+            "initial_loss": float(self.losses()[0]) if len(self.losses()) else None,
+            "uniform_loss": math.log(self.ds.vocab.size),
+            "diagnostics": summary(self.diagnostics()) if self.diag_records else None, **(extra or {}),
         }
-        self.save(metrics)
+        self.save({k: v for k, v in metrics.items() if k != "diagnostics"})  # (the records are in it whole)
         losses = self.losses()
         atomic_write(self.work / "loss_history.npy", lambda f: np.save(f, losses))
         atomic_write_json(self.work / "metrics.json", metrics)
@@ -279,6 +323,8 @@ class Run:
             plot_loss(losses, self.work / "loss.png", dev_curve=self.dev_curve)
             plot_embedding(self.model.params["C"], self.ds.vocab.itos, self.work / "embedding.png")
             written += ["loss.png", "embedding.png"]
+            if self.diag_records:
+                written += self.plot_diagnostics()
         except ImportError as e:
             self.log(f"note: {e}; skipped loss.png and embedding.png")
         metrics["files"] = written

@@ -38,8 +38,15 @@ def sample_with_ends(model: MLP, vocab: Vocab, n: int = 20, seed: int = 0, tempe
 def training_words(ck: ckpt_io.Checkpoint, input_file: Optional[str] = None) -> Tuple[Optional[set], str]:
     """The checkpoint's training words, rebuilt from its data file and split rule (a
     checkpoint stores only their fingerprint). Returns (words or None, why not)."""
+    words, why = training_split(ck, input_file)
+    return (None if words is None else set(words)), why
+
+
+def training_split(ck: ckpt_io.Checkpoint, input_file: Optional[str] = None) -> Tuple[Optional[list], str]:
+    """As training_words, in the split's order (its first examples are fastmlp.run's batch
+    for the saturation picture)."""
     if ck.train_words:  # a version-1 checkpoint kept them
-        return set(ck.train_words), ""
+        return list(ck.train_words), ""
     info = ck.data
     if not info.get("sha256"):
         return None, "the checkpoint does not record its data"
@@ -57,7 +64,7 @@ def training_words(ck: ckpt_io.Checkpoint, input_file: Optional[str] = None) -> 
     if words_sha256(words) != info["sha256"]:
         return None, f"{str(input_file)!r} is not the file this model was trained on (its words differ)"
     train, _, _ = split_words(words, int(info.get("split_seed", SPLIT_SEED)))
-    return set(train), ""
+    return train, ""
 
 
 def build_parser() -> ArgumentParser:

@@ -16,6 +16,7 @@ import argparse
 import concurrent.futures
 import dataclasses
 import json
+import math
 import signal
 import sys
 import threading
@@ -107,10 +108,32 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
     else:
         run = Run.start(cfg, dataset=dataset, overwrite=overwrite, log=log)
     with run:  # holds the work dir until the run's files are written
-        return _train(run, progress, log, on_eval, plots)
+        tb = None
+        if run.cfg.tensorboard:
+            from .tensorboard import open_writer
+
+            tb = open_writer(run.cfg.tensorboard)  # a missing extra or a bad folder: before any training
+        try:
+            return _train(run, progress, log, on_eval, plots, tb)
+        finally:
+            if tb is not None:
+                tb.close()
 
 
-def _train(run: Run, progress: bool, log, on_eval, plots: bool) -> dict:
+INIT_WARN = 1.5  # a first loss this many times a uniform guess's: the output layer is too confident
+
+
+def initial_loss_note(loss: float, vocab_size: int) -> str:
+    """Part 3's first lesson: the loss before any update, next to a uniform guess's."""
+    uniform = math.log(vocab_size)
+    line = f"loss at step 0: {loss:.4f}; a uniform guess gives -log(1/{vocab_size}) = {uniform:.4f}"
+    if loss > INIT_WARN * uniform:
+        line += (f" -- {loss / uniform:.1f}x that: the output layer's initialisation is too confident (confidently "
+                 "wrong at the start); --init scaled starts near the uniform guess")
+    return line
+
+
+def _train(run: Run, progress: bool, log, on_eval, plots: bool, tb=None) -> dict:
     cfg = run.cfg
     all_threads = cfg.num_threads or _core.get_num_threads()
     chooser = ThreadChooser(all_threads, fixed=cfg.num_threads is not None)  # --num-threads fixes it
@@ -133,11 +156,21 @@ def _train(run: Run, progress: bool, log, on_eval, plots: bool) -> dict:
                 chooser.record(threads, dt / len(losses))
                 bar.update(len(losses))
                 per_step = dt / len(losses)
+                if run.step == run.first_step + len(losses) and run.first_step == 0:
+                    bar.clear()
+                    log(initial_loss_note(float(losses[0]), run.ds.vocab.size))
+                    bar.refresh()
+                if tb is not None:
+                    tb.chunk(run.step, losses, learning_rates(cfg, run.step - 1, run.step)[0])
+                    if run.diag_steps and run.diag_steps[-1] == run.step - len(losses):  # recorded just now
+                        tb.diagnostics(run.diagnostics()[-1])
             postfix = {"loss": f"{float(np.mean(run.history[-1][-100:])):.4f}" if len(losses) else "-",
                        "lr": f"{learning_rates(cfg, run.step - 1, run.step)[0]:.3g}"}
             if run.at_eval and not flag.requested:
                 dev = run.eval_dev(chooser.top)
                 postfix["dev"] = f"{dev:.4f}"
+                if tb is not None:
+                    tb.dev(run.step, dev)
                 if bar.disable and not run.done:  # no bar (not a terminal): one line per eval
                     log(f"step {run.step:>9,} | loss {postfix['loss']} | dev {dev:.4f} | "
                         f"{(run.step - run.first_step) / max(run.train_seconds, 1e-9):,.0f} steps/s")
@@ -190,13 +223,25 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--json", action="store_true",
                    help="print one JSON object with the results on stdout (progress and notes go to stderr)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("looking inside (makemore part 3)")
+    g.add_argument("--diagnostics", action="store_true", default=None,
+                   help="record the hidden layer's activations and gradients and every parameter's grad:data and "
+                        "update:data ratios inside the training loop; draws diagnostics.png and saturation.png")
+    g.add_argument("--diag-interval", type=int_arg("--diag-interval", 1, 1 << 40),
+                   help="record every this many steps (implies --diagnostics; default: about 250 records a run)")
+    g.add_argument("--tensorboard", metavar="DIR",
+                   help="write TensorBoard event files to DIR: losses, learning rate, and with --diagnostics the "
+                        "saturation, ratios and histograms over steps (pip install \"fastmlp[tensorboard]\")")
     return p
 
 
 def explicit_fields(args: argparse.Namespace) -> dict:
     """The TrainConfig fields given on the command line (every flag defaults to None)."""
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-            if getattr(args, f.name, None) is not None}
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+             if getattr(args, f.name, None) is not None}
+    if "diag_interval" in given:  # --diag-interval implies --diagnostics
+        given.setdefault("diagnostics", True)
+    return given
 
 
 def load_config_file(path: str) -> dict:

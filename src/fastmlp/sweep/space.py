@@ -27,7 +27,8 @@ from typing import Any, Dict, List
 from ..config import TrainConfig
 
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} | {"flop_budget"}
-NOT_SWEPT = {"input_file", "work_dir", "num_threads", "eval_test"}  # the sweep sets these
+NOT_SWEPT = {"input_file", "work_dir", "num_threads", "eval_test", "diagnostics", "diag_interval",
+             "tensorboard"}  # the sweep sets these (or they watch rather than train)
 
 # Around what worked (README, "Beating 2.17"): context, width, AdamW or SGD, decay, dropout.
 DEFAULT_SPACE: Dict[str, Any] = {

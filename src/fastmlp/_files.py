@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Callable, IO, Union
 
@@ -89,7 +91,9 @@ class WorkDirLock:
     which also holds the holder's pid. The kernel frees it when the holder closes it or
     dies (kill -9 included), so a killed run never leaves the folder locked. flock locks
     belong to an open file, so two runs in one process (two threads) exclude each other
-    too. Where flock does not exist (Windows) nothing is locked."""
+    too; a forked child closes its copy at once (os.register_at_fork), so it cannot keep a
+    dead parent's lock. The lock file must be a regular file, not a link. Where flock does
+    not exist (Windows) nothing is locked."""
 
     def __init__(self, work: PathLike):
         self.path = Path(work) / LOCK_NAME
@@ -98,24 +102,55 @@ class WorkDirLock:
             import fcntl
         except ImportError:  # not POSIX
             return
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) | \
+            getattr(os, "O_NONBLOCK", 0)
+        try:
+            fd = os.open(self.path, flags, 0o666 & ~_umask())
+        except OSError as e:  # a symlink (ELOOP), a folder, a read-only work dir
+            why = "it is a symbolic link" if self.path.is_symlink() else e.strerror or str(e)
+            raise ValueError(f"cannot use the lock file {str(self.path)!r}: {why}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise ValueError(f"cannot use the lock file {str(self.path)!r}: it is not a regular file")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             holder = os.read(fd, 32).decode("ascii", "replace").strip()
             os.close(fd)
-            who = f"pid {holder}" + (" (this process)" if holder == str(os.getpid()) else "") if holder.isdigit() \
+            who = f"pid {holder}" + (", this process" if holder == str(os.getpid()) else "") if holder.isdigit() \
                 else "another process"
             raise WorkDirBusy(f"work dir {str(Path(work))!r} is in use by another run ({who}): wait for it to end, "
                               "or choose another work dir") from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
+        _HELD.add(self)
 
     def release(self) -> None:
         if self._fd is not None:
             fd, self._fd = self._fd, None
+            _HELD.discard(self)
             os.close(fd)  # closing the file releases the flock
 
     def __del__(self):
         self.release()
+
+
+_HELD: "weakref.WeakSet[WorkDirLock]" = weakref.WeakSet()
+
+
+def _close_in_child() -> None:
+    # The child's copy of each descriptor refers to the parent's open file (and lock):
+    # closing it drops only the child's reference; unlocking would unlock the parent.
+    for lock in list(_HELD):
+        if lock._fd is not None:
+            try:
+                os.close(lock._fd)
+            except OSError:
+                pass
+            lock._fd = None
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_in_child)

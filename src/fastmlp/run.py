@@ -47,7 +47,7 @@ def data_info(ds: Dataset) -> dict:
 
 def prepare_work_dir(work: Path) -> None:
     """Makes sure the work dir can take a checkpoint before any training is done: it is
-    (or can be made) a folder we can write to. Leftovers of a killed save are removed."""
+    (or can be made) a folder we can write to."""
     if work.exists() and not work.is_dir():
         raise ValueError(f"work dir {str(work)!r} exists and is not a folder")
     try:
@@ -57,8 +57,15 @@ def prepare_work_dir(work: Path) -> None:
         os.unlink(probe)
     except OSError as e:
         raise ValueError(f"cannot write to work dir {str(work)!r}: {e.strerror or e}") from None
+
+
+def hold_work_dir(work: Path) -> WorkDirLock:
+    """The work dir's lock; then, as its holder, the leftovers of a killed save are removed
+    (before it, they could be another run's save in progress)."""
+    lock = WorkDirLock(work)
     for name in OUTPUT_FILES:
         remove_stale_temp_files(work, name)
+    return lock
 
 
 def check_dataset(ds: Dataset, batch_size: int) -> None:
@@ -99,8 +106,9 @@ class Run:
         """A fresh run. Refuses a work dir that holds a checkpoint unless overwrite."""
         cfg.check()
         work = Path(cfg.work_dir)
+        created = not work.exists()
         prepare_work_dir(work)
-        lock = WorkDirLock(work)  # before the look for a checkpoint: two runs started together cannot both pass
+        lock = hold_work_dir(work)  # before the look for a checkpoint: two runs started together cannot both pass
         try:
             if (work / ckpt_io.CHECKPOINT_NAME).exists() and not overwrite:
                 raise ValueError(f"work dir {str(work)!r} already holds a checkpoint ({ckpt_io.CHECKPOINT_NAME}): "
@@ -113,6 +121,12 @@ class Run:
                        lock)
         except BaseException:
             lock.release()
+            if created:  # a run that never started leaves no empty folder behind
+                try:
+                    lock.path.unlink()
+                    work.rmdir()
+                except OSError:
+                    pass
             raise
 
     @classmethod
@@ -121,7 +135,7 @@ class Run:
         """Continues the checkpoint in work_dir with its saved configuration; overrides may
         change only what config.RESUME_MAY_CHANGE lists."""
         work = Path(work_dir)
-        lock = WorkDirLock(work) if work.is_dir() else None  # (no folder: load() says there is no checkpoint)
+        lock = hold_work_dir(work) if work.is_dir() else None  # (no folder: load() says there is no checkpoint)
         try:
             return cls._resume(work, overrides, dataset, log, lock)
         except BaseException:

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import json
+import math
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,10 +32,12 @@ FORMAT = "fastmlp-checkpoint"
 VERSION = 2  # 1: training words stored in full, optimizer state as a list
 CHECKPOINT_NAME = "model.npz"
 MAX_ELEMENTS = 1 << 31  # no parameter array of a loadable model is larger
-MAX_TEXT_BYTES = 1 << 28  # metadata (and version 1's word list)
+MAX_TEXT_BYTES = 1 << 28  # version 1's word list (a string; counted against max_bytes too)
+MAX_META_BYTES = 1 << 24  # the JSON metadata (parsed: a hostile one could grow ~5x in memory)
 # What load() reads at most, every array together, unless told otherwise: 268M float32
 # numbers; --preset best with AdamW's state is 3.4 MB.
 MAX_BYTES = 1 << 30
+MAX_STEPS = 1 << 40  # config.MAX_STEPS: no run is longer
 
 
 class CheckpointError(ValueError):
@@ -141,12 +144,15 @@ class _Reader:
             a = np.lib.format.read_array(f, allow_pickle=False)
         return np.ascontiguousarray(a)
 
-    def read_text(self, key: str) -> str:
-        """A 0-d string array (the JSON metadata), refused above MAX_TEXT_BYTES."""
+    def read_text(self, key: str, limit: int = MAX_TEXT_BYTES) -> str:
+        """A 0-d string array (the JSON metadata, v1's word list), refused above limit."""
         if key not in self.names:
             raise CheckpointError(f"{self.where} lacks {key!r}")
-        if self.zf.getinfo(key + ".npy").file_size > MAX_TEXT_BYTES:
-            raise CheckpointError(f"{self.where}: {key} is larger than {MAX_TEXT_BYTES >> 20} MB")
+        size = self.zf.getinfo(key + ".npy").file_size
+        if size > limit:
+            raise CheckpointError(f"{self.where}: {key} is larger than {limit >> 20} MB")
+        if key != "meta":
+            self.claim(size, key)
         with self.zf.open(key + ".npy") as f:
             a = np.lib.format.read_array(f, allow_pickle=False)
         if a.dtype.kind != "U" or a.shape != ():
@@ -154,10 +160,11 @@ class _Reader:
         return str(a)
 
 
-def _int(meta: dict, key: str, where: str, lo: int = 0, default=None) -> int:
+def _int(meta: dict, key: str, where: str, lo: int = 0, default=None, hi: Optional[int] = None) -> int:
     v = meta.get(key, default)
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise CheckpointError(f"{where}: {key} must be an integer >= {lo}, got {v!r}")
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
+        bounds = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise CheckpointError(f"{where}: {key} must be an integer {bounds}, got {str(v)[:40]}")
     return v
 
 
@@ -168,13 +175,21 @@ def _dict(meta: dict, key: str, where: str) -> dict:
     return v
 
 
+def _finite(x) -> bool:
+    try:
+        return math.isfinite(x)
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
 def _check_metrics(metrics: dict, where: str) -> None:
     curve = metrics.get("dev_curve", [])
     ok = isinstance(curve, list) and all(
         isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                             and _finite(x)
                                                              for x in p) for p in curve)
     if not ok:
-        raise CheckpointError(f"{where}: metrics.dev_curve must be a list of [step, loss] pairs")
+        raise CheckpointError(f"{where}: metrics.dev_curve must be a list of [step, loss] pairs of finite numbers")
 
 
 def _size(nbytes: int) -> str:
@@ -208,7 +223,7 @@ def _load(r: _Reader, where: str) -> Checkpoint:
     missing = [k for k in PARAM_NAMES + ("meta",) if k not in r.names]
     if missing:
         raise CheckpointError(f"{where} lacks {missing}: not a fastmlp checkpoint")
-    meta_arr = r.read_text("meta")
+    meta_arr = r.read_text("meta", MAX_META_BYTES)
     try:
         meta = json.loads(meta_arr)
     except ValueError as e:
@@ -235,14 +250,16 @@ def _load(r: _Reader, where: str) -> Checkpoint:
     if vocab.size != V:
         raise CheckpointError(f"{where}: vocabulary of {vocab.size} symbols but the model has vocab_size {V}")
     # the model and its optimizer state, counted before any array is read
-    n_slots = len(meta["optimizer_slots"]) if isinstance(meta.get("optimizer_slots"), list) else \
-        ({5: 1, 10: 2}.get(meta["opt_tensors"], 0) if isinstance(meta.get("opt_tensors"), int) else 0)
+    if version == 1:  # (each version reads its own key: the other one counts for nothing)
+        n_slots = {5: 1, 10: 2}.get(meta["opt_tensors"], 0) if isinstance(meta.get("opt_tensors"), int) else 0
+    else:
+        n_slots = len(meta["optimizer_slots"]) if isinstance(meta.get("optimizer_slots"), list) else 0
     n_params = sum(int(np.prod(s)) for s in shapes.values())
     r.claim(4 * n_params * (1 + n_slots), f"a model of (V, T, E, H) = {(V, T, E, H)}"
             + (f" with {n_slots} optimizer slot{'s' if n_slots > 1 else ''}" if n_slots else ""))
     init = cfg.get("init")
-    step = _int(meta, "step", where, default=0)
-    opt_step = _int(meta, "opt_step", where, default=0)
+    step = _int(meta, "step", where, default=0, hi=MAX_STEPS)
+    opt_step = _int(meta, "opt_step", where, default=0, hi=MAX_STEPS)
     train_config, metrics, data = _dict(meta, "train_config", where), _dict(meta, "metrics", where), \
         _dict(meta, "data", where)
     _check_metrics(metrics, where)

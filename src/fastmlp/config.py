@@ -25,6 +25,11 @@ BOOL_FIELDS = ("nesterov", "eval_test", "diagnostics")
 FLOAT_FIELDS = ("momentum", "beta1", "beta2", "weight_decay", "dropout", "learning_rate", "lr_decay_factor", "min_lr")
 
 
+def _short(v) -> str:
+    text = repr(v)
+    return text if len(text) <= 40 else text[:20] + f"...({len(text)} characters)"
+
+
 @dataclass
 class TrainConfig:
     """Every knob of a run. The defaults are the lecture's final recipe."""
@@ -99,6 +104,12 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
                 raise TypeError(f"{name} must be a number, got {v!r}")
+            try:
+                finite = math.isfinite(float(v))
+            except OverflowError:  # an integer of hundreds of digits
+                finite = False
+            if not finite:  # (NaN or inf in a field its optimizer ignores would still break the JSON)
+                raise ValueError(f"{name} must be a finite number, got {_short(v)}")
         for name in ("init", "optimizer", "lr_schedule"):
             if not isinstance(getattr(self, name), str):
                 raise TypeError(f"{name} must be a string, got {getattr(self, name)!r}")

@@ -135,6 +135,11 @@ class MLP:
         """The model back from a TorchMLP (or any module or state_dict with tensors C, W1,
         b1, W2, b2 of the same shapes); values are copied bit for bit."""
         obj = module_or_state_dict
+        if callable(getattr(obj, "named_children", None)):  # a module: nothing else that computes may hide in it
+            others = [n for n, _ in obj.named_children()] + [n for n, _ in obj.named_buffers()]
+            if others:
+                raise ValueError(f"the PyTorch module has {others}, which fastmlp's model does not: it is exactly "
+                                 f"{PARAM_NAMES} (fastmlp.torch_module.TorchMLP)")
         state = obj.state_dict() if callable(getattr(obj, "state_dict", None)) else obj
         if not isinstance(state, Mapping):
             raise TypeError(f"from_torch takes a torch.nn.Module or a state_dict, got {type(obj).__name__}")

@@ -11,11 +11,16 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Tuple
 
+import numpy as np
+
 from . import _core
 from . import checkpoint as ckpt_io
 from ._cli import ArgumentParser, int_arg, run_cli
 from .data import SPLIT_SEED, DataError, Vocab, bundled_names, load_words, split_words, words_sha256
 from .model import MLP
+
+
+MAX_LEN = 1 << 20  # the kernel's bound on max_len
 
 
 def sample_words(model: MLP, vocab: Vocab, n: int = 20, seed: int = 0, temperature: float = 1.0,
@@ -31,8 +36,15 @@ def sample_with_ends(model: MLP, vocab: Vocab, n: int = 20, seed: int = 0, tempe
     max_len characters); a word that did not was cut by max_len and is not a whole word."""
     if vocab.size != model.vocab_size:
         raise ValueError(f"vocab has {vocab.size} symbols but the model expects {model.vocab_size}")
-    out = _core.sample(model.arrays(), n, max_len, seed, temperature, top_k, threads=threads)
-    return [(vocab.decode(row), bool((row == 0).any())) for row in out]
+    # one character more than asked: a word of exactly max_len letters ends with '.' there
+    # (word i's characters depend only on (seed, i): the first max_len are the same)
+    if isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer)):
+        raise TypeError(f"max_len must be an integer, got {type(max_len).__name__}")
+    if not 1 <= max_len <= MAX_LEN:
+        raise ValueError(f"max_len must be an integer in [1, {MAX_LEN}], got {max_len}")
+    longer = min(max_len + 1, MAX_LEN)
+    out = _core.sample(model.arrays(), n, longer, seed, temperature, top_k, threads=threads)
+    return [(vocab.decode(row[:max_len]), bool((row == 0).any())) for row in out]
 
 
 def training_words(ck: ckpt_io.Checkpoint, input_file: Optional[str] = None) -> Tuple[Optional[set], str]:
@@ -50,6 +62,10 @@ def training_split(ck: ckpt_io.Checkpoint, input_file: Optional[str] = None) -> 
     info = ck.data
     if not info.get("sha256"):
         return None, "the checkpoint does not record its data"
+    seed, path = info.get("split_seed", SPLIT_SEED), info.get("path")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 64 \
+            or not isinstance(info["sha256"], str) or not (path is None or isinstance(path, str)):
+        return None, "the checkpoint's record of its data is not valid (hand-edited?)"
     if input_file is None:
         if info.get("bundled"):
             input_file = bundled_names()
@@ -63,7 +79,7 @@ def training_split(ck: ckpt_io.Checkpoint, input_file: Optional[str] = None) -> 
         return None, f"{e} (pass -i with the training file)"
     if words_sha256(words) != info["sha256"]:
         return None, f"{str(input_file)!r} is not the file this model was trained on (its words differ)"
-    train, _, _ = split_words(words, int(info.get("split_seed", SPLIT_SEED)))
+    train, _, _ = split_words(words, seed)
     return train, ""
 
 

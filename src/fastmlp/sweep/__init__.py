@@ -83,6 +83,7 @@ def sweep(opts: dict, log=lambda s: print(s, file=sys.stderr, flush=True), progr
     study = open_study(storage, opts["study"], opts["seed"])
     jobs = opts.get("jobs") or usable_cores()
     before = counts(study)
+    first_new = len(study.get_trials(deepcopy=False))  # this run's trials are numbered from here
     # the workers end with this process (parent_pid), and count only this run's failures
     opts = dict(opts, start=time.time(), parent_pid=os.getpid(), failed_before=before["failed"])
     where = masked(opts["storage"]) if opts.get("storage") else work / "study.journal"
@@ -125,7 +126,7 @@ def sweep(opts: dict, log=lambda s: print(s, file=sys.stderr, flush=True), progr
         log(f"warning: {len(failed_workers)} of {jobs} workers ended with an error (exit codes "
             f"{sorted(set(failed_workers))})")
     errors = [(t.number, t.user_attrs["error"]) for t in study.get_trials(deepcopy=False)
-              if t.state == optuna.trial.TrialState.FAIL and "error" in t.user_attrs]
+              if t.state == optuna.trial.TrialState.FAIL and "error" in t.user_attrs and t.number >= first_new]
     for number, error in errors[:3]:
         log(f"trial {number} failed: {error}")
     board = write_leaderboard(study, work)

@@ -24,7 +24,7 @@ import math
 from pathlib import Path
 from typing import Any, Dict, List
 
-from ..config import TrainConfig
+from ..config import MAX_STEPS, TrainConfig
 
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} | {"flop_budget"}
 NOT_SWEPT = {"input_file", "work_dir", "num_threads", "eval_test", "diagnostics", "diag_interval",
@@ -94,7 +94,7 @@ def parse_space(raw, where: str) -> List[Param]:
     params, seen = [], set()
     for name, spec in raw.items():
         field = spec.get("field", name) if isinstance(spec, dict) else name
-        if field not in FIELDS or field in NOT_SWEPT:
+        if not isinstance(field, str) or field not in FIELDS or field in NOT_SWEPT:
             raise SpaceError(f"{where}: {name!r} is not a TrainConfig field a sweep can set "
                              f"(fields: {', '.join(sorted(FIELDS - NOT_SWEPT))})")
         when = spec.get("when", {}) if isinstance(spec, dict) else {}
@@ -131,7 +131,38 @@ def parse_space(raw, where: str) -> List[Param]:
         _check_values(p, params, fixed, where)
         if p.kind == "fixed" and p.field != "flop_budget":
             fixed[p.field] = p.spec
+    _check_together(params, where)
     return params
+
+
+def _check_together(params: List[Param], where: str) -> None:
+    """What no single value shows: two parameters setting one field under the same
+    condition, SGD's momentum where AdamW may be chosen, a budget beyond any run's length."""
+    seen = {}
+    for p in params:
+        key = (p.field, repr(sorted(p.when.items(), key=str)))
+        if key in seen:
+            raise SpaceError(f"{where}: {seen[key]!r} and {p.name!r} both set {p.field!r}"
+                             + (f" when {dict(p.when)}" if p.when else "") + ": give them different 'when's")
+        seen[key] = p.name
+    opt = next((p for p in params if p.field == "optimizer"), None)
+    adamw_possible = opt is not None and ("adamw" in (opt.spec if opt.kind == "choice" else [opt.spec]))
+    for p in params:
+        if p.field in ("momentum", "nesterov") and adamw_possible and p.when.get(opt.name) != "sgd":
+            values = [p.spec] if p.kind == "fixed" else list(p.spec) if p.kind == "choice" else [p.spec["high"]]
+            if any(values):
+                raise SpaceError(f"{where}: {p.name!r} belongs to SGD, but {opt.name!r} may be adamw: add "
+                                 f'"when": {{"{opt.name}": "sgd"}}')
+    budget = next((p for p in params if p.field == "flop_budget"), None)
+    if budget is not None:  # the most steps it can give: the largest budget on the smallest model
+        hi = budget.spec if budget.kind == "fixed" else max(budget.spec) if budget.kind == "choice" \
+            else budget.spec["high"]
+        small = {p.field: (p.spec if p.kind == "fixed" else min(p.spec) if p.kind == "choice" else p.spec["low"])
+                 for p in params if p.field in ("block_size", "n_embd", "n_hidden", "batch_size")}
+        steps = hi / flops_per_step(small, 2)
+        if not steps <= MAX_STEPS:
+            raise SpaceError(f"{where}: {budget.name!r} = {hi:g} gives up to {steps:.3g} steps, more than a run "
+                             f"takes ({MAX_STEPS:,})")
 
 
 def _number(v) -> bool:
@@ -147,6 +178,8 @@ def _check_values(p: Param, params: List[Param], fixed: Dict[str, Any], where: s
     a valid TrainConfig with the space's fixed values and what its `when` asks: a bad
     value is one line here, before the study is opened, not a failure in every trial."""
     values = [p.spec] if p.kind == "fixed" else list(p.spec) if p.kind == "choice" else [p.spec["low"], p.spec["high"]]
+    if p.kind == "float":  # what Optuna will suggest: floats, even between integer ends
+        values = [float(v) for v in values]
     fields = {q.name: q.field for q in params}
     context = {**WHERE_MEANINGFUL.get(p.field, {}), **fixed, **{fields[k]: v for k, v in p.when.items()}}
     for v in values:

@@ -32,7 +32,7 @@ from .storage import open_storage, open_study
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
 # what fails one trial (a configuration too big for memory, a file error) without ending the worker
-FAILS = (ValueError, MemoryError, OSError)
+FAILS = (ValueError, TypeError, MemoryError, OSError)
 
 
 class Surplus(Exception):

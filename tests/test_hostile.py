@@ -2,6 +2,7 @@
 a checkpoint that asks for gigabytes, models that are not this model, words cut by
 --max-len, and messages that say what to do next."""
 import io
+import os
 import json
 import signal
 import subprocess
@@ -39,7 +40,7 @@ def test_two_trainings_in_two_threads_on_one_work_dir_one_is_refused(tmp_path, w
     t.start()
     try:
         assert first_started.wait(120)
-        with pytest.raises(WorkDirBusy, match=r"is in use by another run \(pid \d+ \(this process\)\)"):
+        with pytest.raises(WorkDirBusy, match=r"is in use by another run \(pid \d+, this process\)"):
             train(config(tmp_path, words_file), progress=False, log=lambda s: None)
     finally:
         t.join(300)
@@ -78,6 +79,10 @@ def test_a_second_process_is_refused_and_a_killed_holder_frees_the_work_dir(tmp_
     ({"momentum": None}, "momentum must be a number, got None"),
     ({"optimizer": ["sgd"]}, "optimizer must be a string"),
     ({"block_size": "3"}, "block_size must be an int"),  # (integers were already strict)
+    ({"learning_rate": 10 ** 400}, "learning_rate must be a finite number"),
+    ({"dropout": 10 ** 400}, "dropout must be a finite number"),
+    ({"beta2": float("inf")}, "beta2 must be a finite number, got inf"),  # (sgd ignores betas: still refused)
+    ({"beta1": float("nan")}, "beta1 must be a finite number, got nan"),
 ])
 def test_config_file_types_are_strict(tmp_path, words_file, values, msg):
     f = tmp_path / "cfg.json"
@@ -163,10 +168,18 @@ def test_from_params_and_from_torch_refuse_what_is_not_the_model():
         MLP.from_params(dict(m.params, W3=m.params["W2"]))
     with pytest.raises(TypeError, match="params must be a mapping"):
         MLP.from_params([m.params[k] for k in m.params])
+    for extra, name in ((torch.nn.Linear(27, 27), "extra"), (torch.nn.Dropout(0.1), "extra")):
+        module = m.to_torch()
+        module.extra = extra  # (a Dropout has no parameters: only the module's children show it)
+        with pytest.raises(ValueError, match=rf"module has \['{name}'\], which fastmlp's model does not"):
+            MLP.from_torch(module)
     module = m.to_torch()
-    module.extra = torch.nn.Linear(27, 27)
-    with pytest.raises(ValueError, match=r"has \['extra.weight', 'extra.bias'\], which fastmlp's model does not"):
+    module.register_buffer("scale", torch.ones(1), persistent=False)
+    with pytest.raises(ValueError, match=r"module has \['scale'\]"):
         MLP.from_torch(module)
+    state = dict(m.to_torch().state_dict(), extra=torch.zeros(1))  # a state_dict: its keys
+    with pytest.raises(ValueError, match=r"state has \['extra'\]"):
+        MLP.from_torch(state)
     with pytest.raises(TypeError, match="from_torch takes a torch.nn.Module or a state_dict, got int"):
         MLP.from_torch(42)
     with pytest.raises(TypeError, match="W1 is not a tensor but str"):
@@ -188,8 +201,15 @@ def test_words_cut_by_max_len_are_marked_and_not_counted(tmp_path, words_file):
     ck = ckpt_io.load(tmp_path / "run")
     pairs = sample_with_ends(ck.model, ck.vocab, 20, seed=1, max_len=4)
     assert [w for w, _ in pairs] == sample_words(ck.model, ck.vocab, 20, seed=1, max_len=4)
-    # a word ended iff the model chose '.' within max_len characters: it is then shorter
-    assert all(ended == (len(w) < 4) for w, ended in pairs) and not all(ended for _, ended in pairs)
+    # a word shorter than max_len ended; one of exactly max_len letters is whole if the model
+    # chose '.' next (the sampler draws one character more to know): the same word either way
+    assert all(ended for w, ended in pairs if len(w) < 4) and all(len(w) <= 4 for w, _ in pairs)
+    longer = dict(enumerate(sample_with_ends(ck.model, ck.vocab, 20, seed=1, max_len=40)))
+    for i, (w, ended) in enumerate(pairs):
+        whole, whole_ended = longer[i]
+        assert whole.startswith(w) and ended == (whole == w and whole_ended), (w, whole)
+    with pytest.raises(ValueError, match=r"max_len must be an integer in \[1, "):
+        sample_words(ck.model, ck.vocab, 2, max_len=0)
 
 
 # -- messages that say what to do next --------------------------------------------------------
@@ -208,3 +228,129 @@ def test_resume_after_the_data_moved_says_how_to_point_at_it(tmp_path, words_fil
     r = cli("fastmlp.train", "-o", tmp_path / "run", "--resume", "--max-steps", 200, "-i", moved, "--json",
             "--no-progress")
     assert r.returncode == 0 and json.loads(r.stdout.splitlines()[0])["steps"] == 200, r.stderr
+
+
+# -- the lock file itself (a hostile user's third hour) ---------------------------------------
+def test_a_refused_run_touches_nothing_of_the_holders(tmp_path, words_file):
+    # the holder's save in progress is a temporary file beside model.npz: a refused run must
+    # not clean it as a leftover of a killed save
+    from fastmlp._files import WorkDirLock
+
+    work = tmp_path / "run"
+    work.mkdir()
+    holder = WorkDirLock(work)
+    saving = work / ".model.npz.abc123.tmp"
+    saving.write_bytes(b"half a checkpoint")
+    with pytest.raises(WorkDirBusy):
+        train(config(tmp_path, words_file, max_steps=10), progress=False, log=lambda s: None, overwrite=True)
+    assert saving.read_bytes() == b"half a checkpoint"
+    holder.release()
+    train(config(tmp_path, words_file, max_steps=10), progress=False, log=lambda s: None, overwrite=True)
+    assert not saving.exists()  # the next holder cleans it
+
+
+@pytest.mark.parametrize("kind", ["symlink", "dangling", "fifo", "folder"])
+def test_a_lock_file_that_is_not_a_file_is_refused(tmp_path, words_file, kind):
+
+
+    work = tmp_path / "run"
+    work.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    lock = work / ".fastmlp.lock"
+    {"symlink": lambda: lock.symlink_to(victim), "dangling": lambda: lock.symlink_to(tmp_path / "nothing"),
+     "fifo": lambda: os.mkfifo(lock), "folder": lambda: lock.mkdir()}[kind]()
+    r = cli("fastmlp.train", "-i", words_file, "-o", work, "--max-steps", 10)
+    one_line_error(r, f"cannot use the lock file '{lock}'")
+    assert victim.read_text() == "precious" and not (tmp_path / "nothing").exists()
+
+
+FORKED_HOLDER = """
+import multiprocessing as mp, os, sys, threading, time
+from fastmlp.train import TrainConfig, train
+cfg = TrainConfig(input_file=sys.argv[1], work_dir=sys.argv[2], n_hidden=32, init="scaled", max_steps=10**9,
+                  eval_interval=10**9)
+threading.Thread(target=train, args=(cfg,), kwargs=dict(progress=False, log=lambda s: None), daemon=True).start()
+time.sleep(2)
+child = mp.get_context("fork").Process(target=time.sleep, args=(120,))
+child.start()
+print(child.pid, flush=True)
+time.sleep(300)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "register_at_fork"), reason="POSIX fork")
+def test_a_forked_child_does_not_keep_a_killed_holders_lock(tmp_path, words_file):
+
+
+    p = subprocess.Popen([sys.executable, "-c", FORKED_HOLDER, str(words_file), str(tmp_path / "run")],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = int(p.stdout.readline())
+    try:
+        assert cli("fastmlp.train", "-i", words_file, "-o", tmp_path / "run", "--max-steps", 10).returncode == 2
+        p.kill()
+        p.wait(30)
+        r = cli("fastmlp.train", "-i", words_file, "-o", tmp_path / "run", "--max-steps", 10, "--overwrite")
+        assert r.returncode == 0, r.stderr  # the child still runs, and holds nothing
+    finally:
+        p.kill()
+        try:
+            os.kill(child, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def test_a_failed_start_leaves_no_empty_work_dir(tmp_path):
+    r = cli("fastmlp.train", "-i", tmp_path / "missing.txt", "-o", tmp_path / "new", "--max-steps", 10)
+    one_line_error(r, "does not exist")
+    assert not (tmp_path / "new").exists()
+
+
+# -- checkpoints: every way around the cap ----------------------------------------------------
+def hostile(path, **meta_changes):
+    """A real small checkpoint whose metadata is rewritten."""
+    m = MLP(27, 3, 10, 20, init="scaled")
+    ckpt_io.save(path, ckpt_io.Checkpoint(model=m, vocab=fastmlp.data.Vocab(tuple(".abcdefghijklmnopqrstuvwxyz"))))
+    with zipfile.ZipFile(path) as zf:
+        members = {n: zf.read(n) for n in zf.namelist()}
+    meta = json.loads(str(np.load(io.BytesIO(members["meta.npy"]))))
+    meta.update(meta_changes)
+    buf = io.BytesIO()
+    np.save(buf, np.array(json.dumps(meta)))
+    members["meta.npy"] = buf.getvalue()
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for n, b in members.items():
+            zf.writestr(n, b)
+
+
+@pytest.mark.parametrize("changes,msg", [
+    ({"step": 10 ** 30}, "step must be an integer in [0, 1099511627776]"),
+    ({"version": 1, "opt_tensors": 10, "optimizer_slots": [], "model": {"vocab_size": 27, "block_size": 3,
+      "n_embd": 10, "n_hidden": 2_000_000}}, "with 2 optimizer slots takes 1.30 GiB"),  # v1 counts opt_tensors
+    ({"metrics": {"dev_curve": [[1, float("nan")]]}}, "dev_curve must be a list of [step, loss] pairs of finite"),
+    ({"metrics": {"dev_curve": [[1, 10 ** 400]]}}, "dev_curve must be a list"),
+])
+def test_hostile_metadata_is_one_line(tmp_path, changes, msg):
+    path = tmp_path / "h.npz"
+    hostile(path, **changes)
+    r = cli("fastmlp.sample", "--checkpoint", path, "-n", 1)
+    one_line_error(r, msg)
+
+
+def test_a_huge_metadata_text_is_refused_before_it_is_parsed(tmp_path):
+    path = tmp_path / "h.npz"
+    hostile(path, junk=[[]] * 5_000_000)  # 20 MB of JSON, ~100 KB deflated, gigabytes once parsed
+    assert path.stat().st_size < 2 * 2 ** 20
+    r = cli("fastmlp.sample", "--checkpoint", path, "-n", 1)
+    one_line_error(r, "meta is larger than 16 MB")
+
+
+@pytest.mark.parametrize("data,why", [
+    ({"sha256": "x", "split_seed": float("inf")}, "record of its data is not valid"),
+    ({"sha256": "x", "path": [1]}, "record of its data is not valid"),
+])
+def test_a_hostile_data_record_only_disables_the_marking(tmp_path, data, why):
+    path = tmp_path / "h.npz"
+    hostile(path, data=data)
+    r = cli("fastmlp.sample", "--checkpoint", path, "-n", 2)
+    assert r.returncode == 0 and "Traceback" not in r.stderr and why in r.stderr, r.stderr

@@ -267,6 +267,7 @@ def test_a_study_that_failed_often_resumes_once_the_cause_is_fixed(tmp_path, wor
     rows = list(csv.DictReader((out / "leaderboard.csv").open()))
     assert rows and all(row["max_steps"] == row["steps"] == "200" for row in rows), rows
     assert f"--config {out / 'best.json'} -o {out / 'winner'}" in r.stderr  # the hint runs as printed
+    assert "batch_size 100000" not in r.stderr  # the first run's failures are not reported as this run's
 
 
 def running(work) -> int:
@@ -338,3 +339,15 @@ def test_ctrl_c_of_a_sweep_says_how_to_go_on(tmp_path, words_and_space):
     out, err = p.communicate(timeout=120)
     assert p.returncode == 130, err
     assert "rerun the same command to resume the study" in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("spec,msg", [
+    ({"n_hidden": {"low": 8, "high": 48, "step": 0.5}}, "'n_hidden' = 8.0 is not a valid value: n_hidden must be an int"),
+    ({"flop_budget": 1e30}, "gives up to"),
+    ({"optimizer": {"choices": ["sgd", "adamw"]}, "momentum": {"choices": [0.9]}},
+     "'momentum' belongs to SGD, but 'optimizer' may be adamw: add \"when\""),
+    ({"x": {"field": ["x"], "low": 1, "high": 2}}, "'x' is not a TrainConfig field a sweep can set"),
+    ({"h2": {"field": "n_hidden", "low": 8, "high": 16}}, "'n_hidden' and 'h2' both set 'n_hidden'"),
+])
+def test_spaces_wrong_in_combination_are_one_line(tmp_path, words_and_space, spec, msg):
+    test_bad_spaces_are_one_line_before_the_study_is_written(tmp_path, words_and_space, spec, msg)

@@ -7,7 +7,8 @@ COMMANDS = [
     ("python -m fastmlp.train", "train a model (the lecture's recipe by default; --preset fast|best)"),
     ("python -m fastmlp.sample", "sample new words from a trained model"),
     ("python -m fastmlp.lr_find", "the lecture's learning-rate sweep, with a plot and a suggestion"),
-    ("python -m fastmlp.plot", "loss.png and embedding.png from a work dir"),
+    ("python -m fastmlp.plot", "loss.png and embedding.png (+ diagnostics.png, saturation.png) from a work dir"),
+    ("python -m fastmlp.sweep", "a hyperparameter search on Optuna, on every core or many machines"),
 ]
 
 

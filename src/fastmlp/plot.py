@@ -155,7 +155,8 @@ def plot_diagnostics(records, path=None, final=None):
             _hist_line(a_w, type("H", (), {"counts": counts.astype(float), "edges": edges}),
                        f"{k} {tuple(np.shape(g))}: std {np.std(g):.1e}, grad:data "
                        + (f"{ratio:.1e}" if ratio is not None else "-"), color=f"C{i}")
-        _label(a_w, "gradient", "fraction", f"weight gradient distribution (step {final.step or 'now'})")
+        when = f"step {final.step:,}" if final.step is not None else "this batch"
+        _label(a_w, "gradient", "fraction", f"weight gradient distribution ({when})")
     else:
         _label(a_w, "gradient", "fraction", "weight gradients: no batch given", legend=False)
     steps = [r.step for r in records]
@@ -178,7 +179,8 @@ def plot_saturation(act, path=None, step=None):
     ax.imshow(sat, cmap="gray", vmin=0, vmax=1, interpolation="nearest", aspect="auto")
     dead = int(sat.all(0).sum())
     when = f" at step {step:,}" if step is not None else ""
-    ax.set_title(f"|tanh| > {SATURATED}{when}: {100 * sat.mean():.1f}% saturated (white), {dead} dead units")
+    ax.set_title(f"|tanh| > {SATURATED}{when}: {100 * sat.mean():.1f}% saturated (white), "
+                 f"{dead} dead unit{'' if dead == 1 else 's'}")
     ax.set_xlabel("hidden unit")
     ax.set_ylabel("example")
     return _save(fig, path)

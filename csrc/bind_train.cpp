@@ -94,22 +94,29 @@ py::array_t<float> train_steps(py::handle params, py::handle X_, py::handle Y_, 
     ex.profile = profile.mutable_data();
   }
 
-  // diag: (out float64 (kDiagFixed + 3 bins,), bins, pre_range, sat, act float32 (B, H) or None)
+  // diag: (out float64 (n, kDiagFixed + 3 bins) or (kDiagFixed + 3 bins,), bins, pre_range, sat,
+  //        act float32 (B, H) or None, every): the steps step0 + s that are multiples of every
   DiagArgs diag{};
   py::array_t<double> diag_out;
   py::array_t<float> diag_act;
   if (!diag_.is_none()) {
+    if (!py::isinstance<py::tuple>(diag_) || py::len(diag_) != 6)
+      throw py::type_error("diag must be a tuple (out, bins, pre_range, sat, act, every)");
     py::tuple t = py::reinterpret_borrow<py::tuple>(diag_);
-    if (!py::isinstance<py::tuple>(diag_) || t.size() != 5)
-      throw py::type_error("diag must be a tuple (out, bins, pre_range, sat, act)");
     diag.bins = (int)int_arg(t[1], "diag bins", 1, 1 << 16);
     diag.pre_range = (float)t[2].cast<double>();
     diag.sat = (float)t[3].cast<double>();
+    diag.every = int_arg(t[5], "diag every", 1, INT64_MAX / 2);
     if (!(diag.pre_range > 0.f) || !std::isfinite(diag.pre_range) || !(diag.sat > 0.f && diag.sat < 1.f))
       throw py::value_error("diag pre_range must be finite and > 0, and sat in (0, 1)");
-    diag_out = typed<double>(t[0], "diag out", {kDiagFixed + 3 * diag.bins}, "(25 + 3 * bins,)", true);
+    const int64_t len = kDiagFixed + 3 * (int64_t)diag.bins;
+    py::array o = py::reinterpret_borrow<py::array>(t[0]);
+    const bool one = py::isinstance<py::array>(t[0]) && o.ndim() == 1;
+    diag_out = one ? typed<double>(t[0], "diag out", {len}, "(25 + 3 * bins,)", true)
+                   : typed<double>(t[0], "diag out", {-1, len}, "(n, 25 + 3 * bins)", true);
     std::fill(diag_out.mutable_data(), diag_out.mutable_data() + diag_out.size(), NAN);
     diag.out = diag_out.mutable_data();
+    diag.capacity = one ? 1 : diag_out.shape(0);
     if (!t[4].is_none()) {
       diag_act = typed<float>(t[4], "diag act", {B, m.d.H}, "(batch_size, H)", true);
       diag.act = diag_act.mutable_data();

@@ -3,13 +3,23 @@
 // fills the buffers as it goes (step_team, with a StepDiag): the pre-activations by the
 // same row-range product as the forward pass, d loss / d(layer output) by the same
 // backward-input product, the gradients of a fused-SGD step by the same weight-gradient
-// products; diag_record then makes one pass over them. The record's layout: kernels.h.
+// products. Each thread then takes its own rows through the statistics epilogues
+// (diag_rows, diag_grad_rows: per-row sums, integer counts), and diag_record adds them up
+// in row order, so a record is the same for any thread count. The layout: kernels.h.
+
+constexpr int kLanes = 4;  // sub-histograms per histogram (histogram_row)
 
 // What a diagnostic step keeps; allocated before the parallel region.
 struct StepDiag {
   const DiagArgs* a = nullptr;
-  Buf b_pre, b_dh;
+  Buf b_pre, b_dh, b_counts, b_rows, b_rowmax;
   float *pre = nullptr, *dh = nullptr;  // (B, Hp): emb W1 + b1, and d loss / d(hout)
+  int64_t* counts = nullptr;            // per thread, per_thread(bins, H): 3 histograms in 4 lanes, then each
+                                        // unit's saturated rows
+  double* rows = nullptr;               // (B, 6): per row, sum and sum of squares of pre, h, dh
+  float* rowmax = nullptr;              // (B,): per row, max |dh|
+  int threads = 1;
+  static int64_t per_thread(int bins, int H) { return 3 * kLanes * (int64_t)bins + H; }
   PaddedCopy* before = nullptr;         // the parameters before the step
   PaddedCopy* grad = nullptr;           // the gradients, when the SGD update is fused (no G)
   StepDiag() = default;
@@ -19,10 +29,15 @@ struct StepDiag {
     delete before;
     delete grad;
   }
-  void prepare(const DiagArgs* args, const Layout& L, int64_t B, bool fused) {
+  void prepare(const DiagArgs* args, const Layout& L, int64_t B, bool fused, int max_threads) {
     a = args;
+    threads = max_threads;
     pre = b_pre.get((size_t)(B * L.Hp));
     dh = b_dh.get((size_t)(B * L.Hp));
+    counts = b_counts.get_as<int64_t>((size_t)(max_threads * per_thread(args->bins, L.H)));
+    memset(counts, 0, sizeof(int64_t) * (size_t)(max_threads * per_thread(args->bins, L.H)));  // (a smaller team)
+    rows = b_rows.get_as<double>((size_t)(6 * B));
+    rowmax = b_rowmax.get((size_t)B);
     before = new PaddedCopy(L);
     if (fused) grad = new PaddedCopy(L);
   }
@@ -37,65 +52,144 @@ inline void copy_weights(const PadWeights& src, const PadWeights& dst, const Lay
 }
 
 // Mean and unbiased standard deviation of x (rows, cols; leading dimension ld), minus
-// `sub` (laid out alike) if given; two passes in double.
+// `sub` (laid out alike) if given. One pass in double, shifted by the first value (no
+// cancellation when the mean is large against the spread), four accumulators a row.
 inline void moments(const float* x, const float* sub, int64_t rows, int cols, int64_t ld, double* mean, double* sd) {
   const double n = (double)rows * cols;
-  double s = 0.0;
-  for (int64_t i = 0; i < rows; ++i)
-    for (int j = 0; j < cols; ++j) s += (double)x[i * ld + j] - (sub ? (double)sub[i * ld + j] : 0.0);
-  const double m = s / n;
-  double q = 0.0;
-  for (int64_t i = 0; i < rows; ++i)
-    for (int j = 0; j < cols; ++j) {
-      const double d = (double)x[i * ld + j] - (sub ? (double)sub[i * ld + j] : 0.0) - m;
-      q += d * d;
+  const double k = (double)x[0] - (sub ? (double)sub[0] : 0.0);
+  double s[4] = {0, 0, 0, 0}, q[4] = {0, 0, 0, 0};
+  for (int64_t i = 0; i < rows; ++i) {
+    const float* xi = x + i * ld;
+    const float* si = sub ? sub + i * ld : nullptr;
+    int j = 0;
+    for (; j + 4 <= cols; j += 4)
+      for (int u = 0; u < 4; ++u) {
+        const double d = (double)xi[j + u] - (si ? (double)si[j + u] : 0.0) - k;
+        s[u] += d;
+        q[u] += d * d;
+      }
+    for (; j < cols; ++j) {
+      const double d = (double)xi[j] - (si ? (double)si[j] : 0.0) - k;
+      s[0] += d;
+      q[0] += d * d;
     }
-  *mean = m;
-  *sd = n > 1 ? sqrt(q / (n - 1)) : NAN;  // torch.std of one element is nan too
+  }
+  const double S = (s[0] + s[1]) + (s[2] + s[3]), Q = (q[0] + q[1]) + (q[2] + q[3]);
+  *mean = k + S / n;
+  *sd = n > 1 ? sqrt(fmax(0.0, (Q - S * S / n) / (n - 1))) : NAN;  // torch.std of one element is nan too
 }
 
-// counts[bins] += the histogram of x (rows, cols; ld) over [lo, hi); outside: the end bins
-inline void histogram(const float* x, int64_t rows, int cols, int64_t ld, double lo, double hi, int bins,
-                      double* counts) {
-  const double scale = bins / (hi - lo);
-  for (int64_t i = 0; i < rows; ++i)
-    for (int j = 0; j < cols; ++j) {
-      const double k = floor(((double)x[i * ld + j] - lo) * scale);
-      counts[k < 0 ? 0 : k >= bins ? bins - 1 : (int64_t)k] += 1.0;
-    }
+// Mean and unbiased std from a sum and a sum of squares over n values.
+inline void from_sums(double S, double Q, double n, double* mean, double* sd) {
+  *mean = S / n;
+  *sd = n > 1 ? sqrt(fmax(0.0, (Q - S * S / n) / (n - 1))) : NAN;
 }
 
-// One pass over a diagnostic step's buffers: the record of kernels.h's DiagArgs. h is the
-// batch's tanh output (B, Hp); after the parameters once the step is done; grad its gradients.
+// counts (kLanes, bins) += the histogram of row x (cols) over [lo, lo + bins / scale);
+// outside: the end bins. Value j counts in lane j % kLanes: runs of one bin (a saturated
+// layer's) do not wait on each other's increments. (A cast truncates: below 0 is bin 0.)
+inline void histogram_row(const float* x, int cols, double lo, double scale, int bins, int64_t* counts) {
+  for (int j = 0; j < cols; ++j) {
+    const double t = ((double)x[j] - lo) * scale;
+    counts[(j % kLanes) * bins + (t <= 0.0 ? 0 : t >= bins ? bins - 1 : (int)t)] += 1;
+  }
+}
+
+inline void row_sums(const float* x, int cols, double* sum, double* sumsq) {
+  double s[4] = {0, 0, 0, 0}, q[4] = {0, 0, 0, 0};
+  int j = 0;
+  for (; j + 4 <= cols; j += 4)
+    for (int u = 0; u < 4; ++u) {
+      const double d = x[j + u];
+      s[u] += d;
+      q[u] += d * d;
+    }
+  for (; j < cols; ++j) {
+    s[0] += x[j];
+    q[0] += (double)x[j] * x[j];
+  }
+  *sum = (s[0] + s[1]) + (s[2] + s[3]);
+  *sumsq = (q[0] + q[1]) + (q[2] + q[3]);
+}
+
+// This thread's rows [r0, r1), once pre, h and dh hold them: per-row sums, the pre and
+// tanh histograms and the per-unit saturation counts in this thread's counters.
+inline void diag_rows(StepDiag& dg, const Layout& L, const float* h, int64_t r0, int64_t r1) {
+  const int H = L.H, Hp = L.Hp, bins = dg.a->bins;
+  int64_t* c = dg.counts + team_rank() * StepDiag::per_thread(bins, H);
+  for (int64_t i = 0; i < StepDiag::per_thread(bins, H); ++i) c[i] = 0;
+  int64_t* sat = c + 3 * kLanes * bins;
+  const float thr = dg.a->sat;
+  for (int64_t i = r0; i < r1; ++i) {
+    const float *p = dg.pre + i * Hp, *t = h + i * Hp, *g = dg.dh + i * Hp;
+    double* r = dg.rows + 6 * i;
+    row_sums(p, H, &r[0], &r[1]);
+    row_sums(t, H, &r[2], &r[3]);
+    row_sums(g, H, &r[4], &r[5]);
+    histogram_row(p, H, -dg.a->pre_range, bins / (2.0 * dg.a->pre_range), bins, c);
+    histogram_row(t, H, -1.0, bins / 2.0, bins, c + kLanes * bins);
+    float m = 0.f;
+    for (int j = 0; j < H; ++j) {
+      sat[j] += fabsf(t[j]) > thr;
+      m = fmaxf(m, fabsf(g[j]));
+    }
+    dg.rowmax[i] = m;
+  }
+}
+
+// The range of the gradient's histogram: max |dh| over every row (once every thread's
+// diag_rows is done); 1 if all are zero.
+inline double grad_range(const StepDiag& dg, int64_t B) {
+  float m = 0.f;
+  for (int64_t i = 0; i < B; ++i) m = fmaxf(m, dg.rowmax[i]);
+  return m > 0.f ? (double)m : 1.0;
+}
+
+// This thread's rows of dh into its gradient histogram (after a barrier that follows diag_rows).
+inline void diag_grad_rows(StepDiag& dg, const Layout& L, int64_t B, int64_t r0, int64_t r1) {
+  const int bins = dg.a->bins;
+  int64_t* c = dg.counts + team_rank() * StepDiag::per_thread(bins, L.H) + 2 * kLanes * bins;
+  const double g = grad_range(dg, B);
+  for (int64_t i = r0; i < r1; ++i) histogram_row(dg.dh + i * L.Hp, L.H, -g, bins / (2.0 * g), bins, c);
+}
+
+// The record, by thread 0 once the step is done: the threads' counts and the rows' sums
+// added up (in row order), and the parameters' moments. after: the parameters now;
+// grad: the step's gradients.
 inline void diag_record(const StepDiag& dg, const Layout& L, int64_t B, double loss, const float* h,
-                        const PadWeights& after, const PadWeights& grad) {
+                        const PadWeights& after, const PadWeights& grad, int64_t row) {
   const DiagArgs& a = *dg.a;
   const int H = L.H, Hp = L.Hp, bins = a.bins;
-  double* out = a.out;
+  double* out = a.out + row * (kDiagFixed + 3 * bins);
   for (int i = 0; i < kDiagFixed + 3 * bins; ++i) out[i] = 0.0;
   out[0] = loss;
   double* hist = out + 1;
   double* st = hist + 3 * bins;  // the layer's scalars, then the parameters'
-  histogram(dg.pre, B, H, Hp, -a.pre_range, a.pre_range, bins, hist);
-  histogram(h, B, H, Hp, -1.0, 1.0, bins, hist + bins);
-  moments(dg.pre, nullptr, B, H, Hp, &st[0], &st[1]);
-  moments(h, nullptr, B, H, Hp, &st[2], &st[3]);
+  const int64_t per = StepDiag::per_thread(bins, H);
   int64_t saturated = 0, dead = 0;
   for (int j = 0; j < H; ++j) {
     int64_t col = 0;
-    for (int64_t i = 0; i < B; ++i) col += fabsf(h[i * Hp + j]) > a.sat;
+    for (int t = 0; t < dg.threads; ++t) col += dg.counts[t * per + 3 * kLanes * bins + j];
     saturated += col;
     dead += col == B;
   }
-  st[4] = (double)saturated / ((double)B * H);
-  st[5] = (double)dead;
-  float gmax = 0.f;
+  for (int k = 0; k < 3; ++k)
+    for (int b = 0; b < bins; ++b) {
+      int64_t n = 0;
+      for (int t = 0; t < dg.threads; ++t)
+        for (int u = 0; u < kLanes; ++u) n += dg.counts[t * per + (k * kLanes + u) * bins + b];
+      hist[k * bins + b] = (double)n;
+    }
+  double S[6] = {0, 0, 0, 0, 0, 0};
   for (int64_t i = 0; i < B; ++i)
-    for (int j = 0; j < H; ++j) gmax = fmaxf(gmax, fabsf(dg.dh[i * Hp + j]));
-  const double g_range = gmax > 0.f ? (double)gmax : 1.0;
-  histogram(dg.dh, B, H, Hp, -g_range, g_range, bins, hist + 2 * bins);
-  moments(dg.dh, nullptr, B, H, Hp, &st[6], &st[7]);
-  st[8] = g_range;
+    for (int k = 0; k < 6; ++k) S[k] += dg.rows[6 * i + k];
+  const double n = (double)B * H;
+  from_sums(S[0], S[1], n, &st[0], &st[1]);
+  from_sums(S[2], S[3], n, &st[2], &st[3]);
+  st[4] = (double)saturated / n;
+  st[5] = (double)dead;
+  from_sums(S[4], S[5], n, &st[6], &st[7]);
+  st[8] = grad_range(dg, B);
   // C, W1, b1, W2, b2: their real (unpadded) entries
   const PadWeights& p = dg.before->w;
   const float* P[5] = {p.C, p.W1, p.b1, p.W2, p.b2};
@@ -111,6 +205,6 @@ inline void diag_record(const StepDiag& dg, const Layout& L, int64_t B, double l
     moments(G[k], nullptr, rows[k], cols[k], ld[k], &m, &ps[3 * k + 1]);
     moments(Pn[k], P[k], rows[k], cols[k], ld[k], &m, &ps[3 * k + 2]);
   }
-  if (a.act)
+  if (a.act && row == 0)
     for (int64_t i = 0; i < B; ++i) memcpy(a.act + i * H, h + i * Hp, sizeof(float) * H);
 }

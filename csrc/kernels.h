@@ -63,9 +63,10 @@ struct Optimizer {
   MutParams slot[2];    // state in the parameters' layout: momentum_buffer | exp_avg, exp_avg_sq
 };
 
-// The diagnostics of one training step, makemore part 3's look inside (diag-inl.h):
-// train_steps records them for the first step of its call when TrainArgs::diag is set.
-// out receives kDiagFixed + 3 * bins doubles:
+// The diagnostics of a training step, makemore part 3's look inside (diag-inl.h): when
+// TrainArgs::diag is set, train_steps records every step whose global index (step0 + s)
+// is a multiple of `every`, the k-th such step in row k of out (at most `capacity`
+// rows; rows not reached stay as they were). A record is kDiagFixed + 3 * bins doubles:
 //   [0] the loss; then for the hidden layer
 //   pre_hist[bins] over [-pre_range, pre_range], act_hist[bins] over [-1, 1] (tanh output),
 //   grad_hist[bins] over [-grad_absmax, grad_absmax] (d loss / d layer output, after dropout),
@@ -78,9 +79,11 @@ enum { kDiagFixed = 1 + 9 + 15 };
 struct DiagArgs {
   int bins;
   float pre_range;
-  float sat;    // the saturation threshold (the lecture's 0.97)
-  double* out;  // (kDiagFixed + 3 * bins,)
-  float* act;   // (B, H) out, or null: the batch's tanh outputs (the saturation map)
+  float sat;         // the saturation threshold (the lecture's 0.97)
+  int64_t every;     // record the steps whose global index is a multiple of this
+  int64_t capacity;  // rows of out
+  double* out;       // (capacity, kDiagFixed + 3 * bins)
+  float* act;        // (B, H) out, or null: the first recorded batch's tanh outputs (the saturation map)
 };
 
 // Arguments of the fused training loop (train_steps).
@@ -99,7 +102,7 @@ struct TrainArgs {
   uint64_t dropout_seed;      // masks depend on (dropout_seed, step0 + step, unit) only
   int64_t step0;              // global index of the first step of this call
   const volatile int32_t* stop;  // polled between steps: nonzero returns early (Ctrl-C); may be null
-  const DiagArgs* diag;       // not null: record the diagnostics of the call's first step
+  const DiagArgs* diag;       // not null: record the diagnostics of every diag->every-th step
 };
 
 // Arguments of the batched sampler.

@@ -163,8 +163,9 @@ PYBIND11_MODULE(_core, m) {
         "a fastmlp.optim optimizer, whose state and step are updated. dropout: inverted dropout on the hidden "
         "layer, masks from (dropout_seed, step0 + step). stop: an int32 array (1,) polled between steps; nonzero "
         "returns early. profile: a float64 array (threads, 2) that receives, per thread, the seconds spent in the "
-        "team's barriers and in the whole loop. diag: (out, bins, pre_range, sat, act) records the first step's "
-        "diagnostics in out (float64, 25 + 3 * bins; layout: fastmlp.diagnostics). Returns the per-step losses; shorter than lrs if stopped, or if a "
+        "team's barriers and in the whole loop. diag: (out, bins, pre_range, sat, act, every) records the diagnostics of "
+        "every step whose global index step0 + s is a multiple of every, the k-th in row k of out (float64, "
+        "(n, 25 + 3 * bins); layout: fastmlp.diagnostics; rows not reached are NaN). Returns the per-step losses; shorter than lrs if stopped, or if a "
         "loss became NaN/inf (then it is the last entry and that step was not applied).");
   m.def("dropout_mask", &dropout_mask, py::arg("seed"), py::arg("step"), py::arg("B"), py::arg("H"), py::arg("p"),
         "The (B, H) dropout multipliers train_steps uses at global step `step`.");

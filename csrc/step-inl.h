@@ -79,7 +79,10 @@ double step_team(const PadWeights& W, const PadWeights* G, float lr, const Layou
   else
     linear_backward_input_rows<kTanhGrad>(ws.dlogits, Vp, V, ws.w2t, Hp, ws.dpre, ws.h, r0, r1);
   linear_backward_input_rows<kStore>(ws.dpre, Hp, H, ws.w1t, TEp, ws.demb, nullptr, r0, r1);
-  if (dg) linear_backward_input_rows<kStore>(ws.dlogits, Vp, V, ws.w2t, Hp, dg->dh, nullptr, r0, r1);
+  if (dg) {
+    linear_backward_input_rows<kStore>(ws.dlogits, Vp, V, ws.w2t, Hp, dg->dh, nullptr, r0, r1);
+    diag_rows(*dg, L, ws.h, r0, r1);  // the statistics epilogue of this thread's rows
+  }
   const PadWeights* DG = dg && !G ? &dg->grad->w : nullptr;  // a fused step's gradients, kept too
   if (DG) linear_backward_weight_share(hout, Hp, H, ws.dlogits, Vp, B, DG->W2, DG->b2, nullptr, nullptr, 0.f);
   // the weights, which need every row: W2 now, W1 once all of dpre is there
@@ -88,6 +91,7 @@ double step_team(const PadWeights& W, const PadWeights* G, float lr, const Layou
   else
     linear_backward_weight_share(hout, Hp, H, ws.dlogits, Vp, B, nullptr, ws.colsum, W.W2, W.b2, lr);
   team_barrier(ws.bar);
+  if (dg) diag_grad_rows(*dg, L, B, r0, r1);  // every row's max |dh| is known now
   if (DG) linear_backward_weight_share(ws.emb, TE, TE, ws.dpre, Hp, B, DG->W1, DG->b1, nullptr, nullptr, 0.f);
   if (G)
     linear_backward_weight_share(ws.emb, TE, TE, ws.dpre, Hp, B, G->W1, G->b1, nullptr, nullptr, 0.f);
@@ -219,8 +223,9 @@ int64_t train_steps(const MutParams& P, const Dims& d, const TrainArgs& a, Exec&
   const int64_t B = a.batch_size;
   ws.prepare(L, B);
   ws.bar.profile = ex.profile;
-  StepDiag diag;  // the first step's diagnostics, if asked
-  if (a.diag) diag.prepare(a.diag, L, B, /*fused=*/G == nullptr);
+  StepDiag diag;  // the diagnostic steps' buffers, if asked
+  if (a.diag) diag.prepare(a.diag, L, B, /*fused=*/G == nullptr, use_team(L, B, ex) ? ex.threads : 1);
+  int64_t recorded = 0;  // written by thread 0 before a barrier, read by every thread after it
   int64_t done = 0;
   int quit[2] = {0, 0};  // written by one thread in step s (slot s & 1), read by all after its barrier
   if (a.steps <= 0) return 0;
@@ -235,7 +240,8 @@ int64_t train_steps(const MutParams& P, const Dims& d, const TrainArgs& a, Exec&
     for (int64_t s = 0; s < a.steps; ++s) {
       const float lr = a.lrs[s];
       const int cur = (int)(s & 1), nxt = cur ^ 1;
-      StepDiag* dg = a.diag && s == 0 ? &diag : nullptr;
+      // every thread takes the same decision: `recorded` changes only after the step's last barrier
+      StepDiag* dg = a.diag && (a.step0 + s) % a.diag->every == 0 && recorded < a.diag->capacity ? &diag : nullptr;
       const double loss =
           step_team(M.w, G ? &G->w : nullptr, lr, L, B, ws.Yb[cur], ws, step_dropout(a, s), ex, dg);
       if (!__builtin_isfinite(loss)) {  // every thread sees the same loss: all leave together
@@ -269,7 +275,8 @@ int64_t train_steps(const MutParams& P, const Dims& d, const TrainArgs& a, Exec&
         if (team_rank() == 0) {
           PadWeights g = G ? G->w : diag.grad->w;
           if (!G) g.C = ws.dC;  // the fused step's embedding gradient
-          diag_record(diag, L, B, loss, ws.h, M.w, g);
+          diag_record(diag, L, B, loss, ws.h, M.w, g, recorded);
+          ++recorded;
         }
         team_barrier(ws.bar);
       }

@@ -148,8 +148,9 @@ def test_diagnose_refuses_bad_input_and_needs_lr_for_updates():
 
 
 def test_the_loop_records_what_diagnose_computes_and_trains_the_same(isa, small_names):
-    # a record of train_steps' first step is diagnose() on that batch, bit for bit; and a
-    # recording call trains exactly as one that does not record
+    # the loop's record of step s is diagnose() on the model (and optimizer) as they were at
+    # step s and that step's batch, bit for bit; and a recording call trains exactly as one
+    # that does not record
     X, Y = small_names.train
     m = MLP(small_names.vocab.size, 3, 10, 64, seed=1, init="lecture")
     batches = np.random.default_rng(0).integers(0, len(Y), (20, 32))
@@ -158,14 +159,20 @@ def test_the_loop_records_what_diagnose_computes_and_trains_the_same(isa, small_
         o1 = AdamW(plain) if opt else None
         o2 = AdamW(recorded) if opt else None
         l1 = train_steps(plain, X, Y, (20, 0.05), batches=batches, optimizer=o1)
-        out = np.empty(record_length())
-        l2 = train_steps(recorded, X, Y, (20, 0.05), batches=batches, optimizer=o2, diag=diag_arg(out))
+        out = np.empty((5, record_length()))  # global steps 3..22: 5, 10, 15, 20 are recorded
+        l2 = train_steps(recorded, X, Y, (20, 0.05), batches=batches, optimizer=o2, step0=3,
+                         diag=diag_arg(out, every=5))
         np.testing.assert_array_equal(l1, l2)
         for k in PARAM_NAMES:
             np.testing.assert_array_equal(plain[k], recorded[k])
-        d = diagnose(m, X[batches[0]], Y[batches[0]], lr=0.05, optimizer="adamw" if opt else None)
-        np.testing.assert_array_equal(parse_record(out).layers[0].hist.counts, d.layers[0].hist.counts)
-        assert parse_record(out).to_dict() == d.to_dict()
+        assert np.isfinite(out[:4, 0]).all() and np.isnan(out[4:]).all()
+        for row, s in enumerate((2, 7, 12, 17)):  # global steps 5, 10, 15, 20
+            at = copy_params(m.params)
+            o = AdamW(at) if opt else None
+            if s:
+                train_steps(at, X, Y, (s, 0.05), batches=batches[:s], optimizer=o)
+            d = diagnose(MLP.from_params(at), X[batches[s]], Y[batches[s]], lr=0.05, optimizer=o)
+            assert parse_record(out[row]).to_dict() == d.to_dict(), (opt, row)
 
 
 def test_diag_argument_is_checked():
@@ -175,16 +182,16 @@ def test_diag_argument_is_checked():
     lrs = np.full(2, 0.1, np.float32)
     with pytest.raises(ValueError, match="diag out must have shape"):
         _core.train_steps(P, X, Y, lrs, batches=np.zeros((2, 8), np.int64), diag=(np.empty(3), BINS, 10.0, 0.97,
-                                                                                 None))
+                                                                                 None, 1))
     with pytest.raises(ValueError, match="sat in"):
         _core.train_steps(P, X, Y, lrs, batches=np.zeros((2, 8), np.int64),
-                          diag=(np.empty(record_length()), BINS, 10.0, 1.5, None))
+                          diag=(np.empty(record_length()), BINS, 10.0, 1.5, None, 1))
     with pytest.raises(TypeError, match="diag must be a tuple"):
         _core.train_steps(P, X, Y, lrs, batches=np.zeros((2, 8), np.int64), diag=[1, 2])
     out = np.empty(record_length())
     with pytest.raises(ValueError, match="share memory"):
         _core.train_steps(P, X, Y, lrs, batches=np.zeros((2, 8), np.int64),
-                          diag=(out, BINS, 10.0, 0.97, P[1].reshape(-1)[:160].reshape(8, 20)))
+                          diag=(out, BINS, 10.0, 0.97, P[1].reshape(-1)[:160].reshape(8, 20), 1))
 
 
 # -- training with --diagnostics -------------------------------------------------------
@@ -271,3 +278,18 @@ def test_tensorboard_events_read_back_with_tensorboards_reader(tmp_path, words_f
     assert [h.step for h in hist] == list(range(0, 600, 100))
     assert hist[0].histogram_value.num == 32 * 32  # batch 32 x 32 units
     assert {"act_grad/layer1", "pre_act/layer1"} <= set(tags["histograms"])
+
+
+def test_records_are_the_same_for_any_thread_count(small_names):
+    # the threads' epilogues count integers and sum rows; one thread adds them in row order
+    X, Y = small_names.train
+    m = MLP(small_names.vocab.size, 3, 16, 256, seed=4, init="scaled")
+    batches = np.random.default_rng(5).integers(0, len(Y), (6, 512))  # big enough for a team of threads
+    outs = []
+    for n in (1, 2, 3):
+        P = copy_params(m.params)
+        out = np.empty((3, record_length()))
+        train_steps(P, X, Y, (6, 0.1), batches=batches, threads=n, diag=diag_arg(out, every=2))
+        outs.append(out)
+    for out in outs[1:]:
+        np.testing.assert_array_equal(out, outs[0])

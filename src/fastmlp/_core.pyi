@@ -61,7 +61,7 @@ def train_steps(
     dropout: float = 0.0, dropout_seed: int = 0, step0: int = 0,
     threads: Optional[int] = None, stop: Optional[I32] = None,
     profile: Optional[npt.NDArray[np.float64]] = None,  # (threads, 2): seconds in barriers, in all
-    diag: Optional[tuple] = None,  # (out float64 (25 + 3 bins,), bins, pre_range, sat, act (B, H) or None)
+    diag: Optional[tuple] = None,  # (out float64 (n, 25 + 3 bins), bins, pre_range, sat, act (B, H) | None, every)
 ) -> F32: ...
 def dropout_mask(seed: int, step: int, B: int, H: int, p: float) -> F32: ...
 def sample(params: Params, n: int, max_len: int, seed: int, temperature: float = 1.0, top_k: int = 0, *,

@@ -60,7 +60,7 @@ class TrainConfig:
     eval_test: bool = False
     num_threads: Optional[int] = None
     diagnostics: bool = False       # record the step's insides every diag_interval steps (fastmlp.diagnostics)
-    diag_interval: Optional[int] = None  # None: about 250 records a run
+    diag_interval: Optional[int] = None  # None: about 250 records a run, at least 50 steps apart
     tensorboard: Optional[str] = None    # a folder for TensorBoard's event files (the tensorboard extra)
 
     def check(self) -> None:

@@ -9,7 +9,7 @@
 Every number comes from the training step's own C++ code (csrc/diag-inl.h): the step
 fills its buffers as it trains and one pass over them makes a record; diagnose() runs
 that step once on copies (the model and the optimizer are not changed), and training
-with --diagnostics records it at every diag_interval-th step (fastmlp.run). The update
+with --diagnostics records every diag_interval-th step inside the fused loop (fastmlp.run). The update
 ratio is measured from the step's real update (after - before), AdamW's included.
 """
 from __future__ import annotations
@@ -37,9 +37,12 @@ def record_length(bins: int = BINS) -> int:
     return FIXED + 3 * bins
 
 
+MIN_INTERVAL = 50  # a record costs about 1.5 steps (benchmarks/bench_diagnostics.py): at most ~3% of a run
+
+
 def default_interval(max_steps: int) -> int:
-    """About 250 records a run, whatever its length."""
-    return max(1, math.ceil(max_steps / 250))
+    """About 250 records a run (fewer in runs under 12,500 steps: at least MIN_INTERVAL apart)."""
+    return max(MIN_INTERVAL, math.ceil(max_steps / 250))
 
 
 @dataclass
@@ -128,9 +131,15 @@ def parse_record(rec: np.ndarray, step: Optional[int] = None, has_update: bool =
                        update_std=col(2) if has_update else None, step=step)
 
 
-def diag_arg(out: np.ndarray, act: Optional[np.ndarray] = None) -> tuple:
-    """The `diag` argument of _core.train_steps."""
-    return (out, BINS, PRE_RANGE, SATURATED, act)
+def diag_arg(out: np.ndarray, act: Optional[np.ndarray] = None, every: int = 1) -> tuple:
+    """The `diag` argument of _core.train_steps: record every `every`-th global step in the
+    rows of out ((n, record_length()), or one record (record_length(),))."""
+    return (out, BINS, PRE_RANGE, SATURATED, act, every)
+
+
+def steps_to_record(start: int, n: int, every: int) -> range:
+    """The global steps in [start, start + n) that a run with diag_interval `every` records."""
+    return range(-(-start // every) * every, start + n, every)
 
 
 def diagnose(model: MLP, X, Y, *, lr: Optional[float] = None, optimizer=None,

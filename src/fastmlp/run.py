@@ -26,7 +26,7 @@ from . import checkpoint as ckpt_io
 from ._files import WorkDirLock, atomic_write, atomic_write_json, remove_stale_temp_files
 from .config import TrainConfig, learning_rates, resume_config
 from .data import SPLIT_RULE, DataError, Dataset, bundled_names, load_dataset
-from .diagnostics import default_interval, diag_arg, diagnose, parse_record, record_length, summary
+from .diagnostics import default_interval, diag_arg, diagnose, parse_record, record_length, steps_to_record, summary
 from .model import MLP
 
 OUTPUT_FILES = (ckpt_io.CHECKPOINT_NAME, "metrics.json", "loss_history.npy", "loss.png", "embedding.png",
@@ -212,21 +212,18 @@ class Run:
         return self.cfg.diag_interval or default_interval(self.cfg.max_steps)
 
     def next_chunk(self, n: int) -> int:
-        """At most n steps, ending at the next evaluation, diagnostic step or the last step."""
-        nxt = lambda every: (self.step // every + 1) * every
-        n = min(n, nxt(self.cfg.eval_interval) - self.step, self.cfg.max_steps - self.step)
-        if self.cfg.diagnostics:  # a chunk records its first step: chunks start at the diagnostic steps
-            n = min(n, nxt(self.diag_interval) - self.step)
-        return max(0, n)
+        """At most n steps, ending at the next evaluation or the last step."""
+        next_eval = (self.step // self.cfg.eval_interval + 1) * self.cfg.eval_interval
+        return max(0, min(n, next_eval - self.step, self.cfg.max_steps - self.step))
 
     def step_chunk(self, n: int, threads: Optional[int] = None, stop: Optional[np.ndarray] = None) -> np.ndarray:
         """Runs n steps in C++ (GIL released; stop: an int32 array (1,), nonzero stops it
         between steps). Returns their losses; raises TrainingDiverged if the loss blew up."""
         lrs = learning_rates(self.cfg, self.step, self.step + n)
-        record = None
-        if self.cfg.diagnostics and n and self.step % self.diag_interval == 0:
-            record = np.empty(record_length())
-        diag = None if record is None else diag_arg(record)
+        # --diagnostics: the loop records its steps that are multiples of the interval
+        wanted = steps_to_record(self.step, n, self.diag_interval) if self.cfg.diagnostics else range(0)
+        records = np.empty((len(wanted), record_length())) if len(wanted) else None
+        diag = None if records is None else diag_arg(records, every=self.diag_interval)
         t0 = time.perf_counter()
         losses = _core.train_steps(self.model.arrays(), *self.ds.train, lrs, batch_size=self.cfg.batch_size,
                                    rng_state=self.rng_state, optimizer=self.opt if self.opt.slots else None,
@@ -241,9 +238,10 @@ class Run:
             recent = float(np.mean(np.concatenate(self.history[-1:] + [losses])[-100:]))
             if recent > 2 * self.baseline:  # finite but exploding (tanh + softmax keep it finite for long)
                 self._diverged(self.step + len(losses) - 1, recent, lrs[len(losses) - 1], exploded=True)
-        if record is not None and len(losses) and np.isfinite(losses[0]):
-            self.diag_steps.append(self.step)
-            self.diag_records.append(record)
+        for step, rec in zip(wanted, records if records is not None else ()):
+            if step < self.step + len(losses) and np.isfinite(rec[0]):  # (a step not reached stays NaN)
+                self.diag_steps.append(step)
+                self.diag_records.append(rec)
         self.history.append(losses)
         self.step += len(losses)
         return losses
@@ -297,9 +295,9 @@ class Run:
         plot_saturation(final.act, self.work / "saturation.png", self.step)
         return ["diagnostics.png", "saturation.png"]
 
-    def diagnostics(self) -> list:
-        """The records of --diagnostics so far, as fastmlp.diagnostics.Diagnostics."""
-        return [parse_record(r, step=s) for s, r in zip(self.diag_steps, self.diag_records)]
+    def diagnostics(self, since: int = 0) -> list:
+        """The records of --diagnostics so far (of steps >= since), as fastmlp.diagnostics.Diagnostics."""
+        return [parse_record(r, step=s) for s, r in zip(self.diag_steps, self.diag_records) if s >= since]
 
     def finish(self, interrupted: bool = False, threads: Optional[int] = None,
                extra: Optional[dict] = None, plots: bool = True) -> dict:

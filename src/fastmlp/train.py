@@ -162,8 +162,8 @@ def _train(run: Run, progress: bool, log, on_eval, plots: bool, tb=None) -> dict
                     bar.refresh()
                 if tb is not None:
                     tb.chunk(run.step, losses, learning_rates(cfg, run.step - 1, run.step)[0])
-                    if run.diag_steps and run.diag_steps[-1] == run.step - len(losses):  # recorded just now
-                        tb.diagnostics(run.diagnostics()[-1])
+                    for d in run.diagnostics(since=run.step - len(losses)):  # recorded in this chunk
+                        tb.diagnostics(d)
             postfix = {"loss": f"{float(np.mean(run.history[-1][-100:])):.4f}" if len(losses) else "-",
                        "lr": f"{learning_rates(cfg, run.step - 1, run.step)[0]:.3g}"}
             if run.at_eval and not flag.requested:
@@ -228,7 +228,8 @@ def build_parser() -> ArgumentParser:
                    help="record the hidden layer's activations and gradients and every parameter's grad:data and "
                         "update:data ratios inside the training loop; draws diagnostics.png and saturation.png")
     g.add_argument("--diag-interval", type=int_arg("--diag-interval", 1, 1 << 40),
-                   help="record every this many steps (implies --diagnostics; default: about 250 records a run)")
+                   help="record every this many steps (implies --diagnostics; default: about 250 records a run, "
+                        "at least 50 steps apart)")
     g.add_argument("--tensorboard", metavar="DIR",
                    help="write TensorBoard event files to DIR: losses, learning rate, and with --diagnostics the "
                         "saturation, ratios and histograms over steps (pip install \"fastmlp[tensorboard]\")")

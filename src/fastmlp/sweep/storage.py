@@ -54,7 +54,10 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         now = time.time()
         stale = []
         for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
-            last = t.system_attrs.get(HEARTBEAT_ATTR, t.datetime_start.timestamp() if t.datetime_start else now)
+            # a retried trial starts with the failed one's system attributes, its last beat
+            # included: a trial is as fresh as its start or its last beat, whichever is later
+            started = t.datetime_start.timestamp() if t.datetime_start else now
+            last = max(t.system_attrs.get(HEARTBEAT_ATTR, started), started)
             if now - last > self._grace:
                 stale.append(t._trial_id)
         return stale

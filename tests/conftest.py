@@ -95,3 +95,25 @@ def normwise_close(actual, reference, rel, what=""):
     scale = max(np.abs(reference).max(initial=0.0), 1e-30)
     err = np.abs(actual - reference).max(initial=0.0)
     assert err <= rel * scale, f"{what}: max error {err:.3e} > {rel:.1e} * max|ref| {scale:.3e}"
+
+
+# -- browser tests: deselected (not skipped) where there is no Chromium ------------------------
+def _chromium():
+    import os
+    import shutil
+
+    return os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import playwright  # noqa: F401
+        ready = _chromium() is not None
+    except ImportError:
+        ready = False
+    if ready:
+        return
+    browser = [i for i in items if i.get_closest_marker("browser")]
+    if browser:
+        config.hook.pytest_deselected(items=browser)
+        items[:] = [i for i in items if not i.get_closest_marker("browser")]

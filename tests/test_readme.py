@@ -17,6 +17,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 SKIP = {  # a command's start -> why the test does not run it
     "pip install": "the environment is the README's own install",
     "python -m pytest": "this suite",
+    "python -m fastmlp.serve": "a server that runs until stopped; tests/test_serve.py and test_browser.py start it",
     "python -m fastmlp.sweep --storage postgresql://user:password@dbhost":
         "a placeholder database host; test_sweep runs the same command against a real PostgreSQL server",
 }

@@ -9,6 +9,7 @@ COMMANDS = [
     ("python -m fastmlp.lr_find", "the lecture's learning-rate sweep, with a plot and a suggestion"),
     ("python -m fastmlp.plot", "loss.png and embedding.png (+ diagnostics.png, saturation.png) from a work dir"),
     ("python -m fastmlp.sweep", "a hyperparameter search on Optuna, on every core or many machines"),
+    ("python -m fastmlp.serve", "a local page: watch it train, look inside, sample"),
 ]
 
 

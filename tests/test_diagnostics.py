@@ -293,3 +293,14 @@ def test_records_are_the_same_for_any_thread_count(small_names):
         outs.append(out)
     for out in outs[1:]:
         np.testing.assert_array_equal(out, outs[0])
+
+
+def test_a_missing_tensorboard_extra_is_one_line_before_training(tmp_path, words_file, monkeypatch):
+    from fastmlp.train import TrainConfig, train
+
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)  # import tensorboardX now fails
+    cfg = TrainConfig(input_file=str(words_file), work_dir=str(tmp_path / "o"), n_hidden=16, max_steps=50,
+                      tensorboard=str(tmp_path / "tb"))
+    with pytest.raises(ImportError, match=r'--tensorboard needs tensorboardX: pip install "fastmlp\[tensorboard\]"'):
+        train(cfg, progress=False, log=lambda s: None)
+    assert not (tmp_path / "o" / "model.npz").exists()

@@ -40,6 +40,7 @@ def serve(work_dir, input_file: Optional[str] = None, host: str = "127.0.0.1", p
           open_browser: bool = False, num_threads: Optional[int] = None, log=print, ready=None) -> None:
     """Runs the server until Ctrl-C (or SIGTERM); the run then saves its checkpoint."""
     try:
+        import plotly  # noqa: F401 (its plotly.js draws the page)
         import uvicorn
         from .app import create_app
     except ImportError as e:

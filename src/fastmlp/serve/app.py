@@ -29,7 +29,7 @@ from starlette.staticfiles import StaticFiles
 
 from .._files import json_safe
 from ..config import TrainConfig
-from .inside import inside, next_distribution, sample_with_steps
+from .inside import next_distribution, sample_with_steps
 from .session import Busy, Session
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -134,9 +134,9 @@ def create_app(session: Session) -> Starlette:
             raise ApiError("the body must be JSON (an object of TrainConfig fields)") from None
         if not isinstance(body, dict):
             raise ApiError("the body must be a JSON object of TrainConfig fields")
-        unknown = sorted(set(body) - SETTABLE - {"preset"})
+        unknown = sorted(set(body) - SETTABLE - {"preset", "overwrite"})
         if unknown:
-            raise ApiError(f"unknown settings {unknown}; the page may set {sorted(SETTABLE | {'preset'})}")
+            raise ApiError(f"unknown settings {unknown}; the page may set {sorted(SETTABLE | {'preset', 'overwrite'})}")
         await call(session.start, body)
         return ok(session.state())
 
@@ -179,8 +179,11 @@ def create_app(session: Session) -> Starlette:
                     break
                 if session.version != seen:
                     seen = session.version
-                    payload = await call(lambda: {"state": session.state(), "inside": inside(session)})
-                    yield f"data: {json.dumps(json_safe(payload), allow_nan=False)}\n\n"
+                    try:
+                        payload = json_safe(await call(session.event))
+                    except Exception as e:  # (a Reset between two reads): the page shows it, the stream goes on
+                        payload = {"error": f"{type(e).__name__}: {e}"}
+                    yield f"data: {json.dumps(payload, allow_nan=False)}\n\n"
                 await asyncio.sleep(EVENT_SECONDS)
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -53,9 +53,8 @@ def sample_with_steps(model, vocab, train_words: set, n: int, prefix: str, tempe
     return out
 
 
-def watched(session) -> list:
+def watched(run, model) -> list:
     """A few fixed training contexts and the model's bars for what follows each."""
-    run, model = session.run, session.model
     X, Y = run.ds.train
     rows = np.linspace(0, len(Y) - 1, WATCH).astype(int)
     logits = model.forward(X[rows])
@@ -64,21 +63,22 @@ def watched(session) -> list:
              "probs": [round(float(p), 4) for p in softmax(z)]} for r, z in zip(rows, logits)]
 
 
-def inside(session) -> Optional[dict]:
+def inside(run, model) -> Optional[dict]:
     """The page's 'Inside' panel: the last diagnostics record, update:data over the run,
-    the watched contexts' bars and the embedding plane."""
-    run, model = session.run, session.model
+    the watched contexts' bars and the embedding plane (run and model: the session's, as
+    taken once)."""
     if run is None or model is None:
         return None
-    records = run.diagnostics(since=run.diag_steps[-1]) if run.diag_steps else []
-    last = records[-1] if records else None
-    layer = last.layers[0] if last else None
-    every = max(1, len(run.diag_steps) // 200)  # at most ~200 points a line
-    ratios = {}
-    if run.diag_steps:  # straight from the records: std(update) / std(param), columns 3k + 2 and 3k
-        from ..diagnostics import BINS, PARAM_NAMES
+    from ..diagnostics import BINS, PARAM_NAMES, parse_record
 
-        r = np.array(run.diag_records[::every])[:, 1 + 3 * BINS + 9:].reshape(-1, len(PARAM_NAMES), 3)
+    n = min(len(run.diag_steps), len(run.diag_records))  # (the training thread may be appending)
+    steps, recs = run.diag_steps[:n], run.diag_records[:n]
+    last = parse_record(recs[-1], step=steps[-1]) if n else None
+    layer = last.layers[0] if last else None
+    every = max(1, n // 200)  # at most ~200 points a line
+    ratios = {}
+    if n:  # straight from the records: std(update) / std(param), columns 3k + 2 and 3k
+        r = np.array(recs[::every])[:, 1 + 3 * BINS + 9:].reshape(-1, len(PARAM_NAMES), 3)
         with np.errstate(divide="ignore", invalid="ignore"):
             logs = np.log10(r[:, :, 2] / r[:, :, 0])
         for i, k in enumerate(PARAM_NAMES):
@@ -89,8 +89,8 @@ def inside(session) -> Optional[dict]:
         "step": last.step if last else None,
         "act": None if layer is None else {"counts": layer.hist.counts.tolist(), "edges": layer.hist.edges.tolist(),
                                            "saturation": layer.saturation, "dead": layer.dead, "std": layer.std},
-        "update_data": {"steps": run.diag_steps[::every], "log10": ratios},
-        "watched": watched(session),
+        "update_data": {"steps": steps[::every], "log10": ratios},
+        "watched": watched(run, model),
         "embedding": {"symbols": list(itos), "x": xy[:, 0].round(4).tolist(), "y": xy[:, 1].round(4).tolist(),
                       "vowel": [c in VOWELS for c in itos]},
     }

@@ -41,6 +41,7 @@ class Session:
         self.train_words: set = set()
         self.steps_per_s = 0.0
         self.version = 0                  # bumped at every change the page should see
+        self.cached = (-1, None)          # (version, the page's event): made once for every tab
         self._open_existing()
 
     # -- state -------------------------------------------------------------------------
@@ -71,6 +72,17 @@ class Session:
             return None
         return {k: v for k, v in self.run.cfg.asdict().items() if k not in ("work_dir", "input_file", "tensorboard")}
 
+    def event(self) -> dict:
+        """What /api/events sends: the state and the insides, made once a version."""
+        version, payload = self.cached
+        if version != self.version:
+            from .inside import inside
+
+            version = self.version
+            payload = {"state": self.state(), "inside": inside(self.run, self.model)}
+            self.cached = (version, payload)
+        return payload
+
     def state(self) -> dict:
         run = self.run
         if run is None:
@@ -94,10 +106,16 @@ class Session:
                 raise Busy("a training is already running: pause it first (one training at a time)")
             self.error = None
             self.stop[0] = 0
+            overwrite = settings.pop("overwrite", False)
+            if not isinstance(overwrite, bool):
+                raise ValueError(f"overwrite must be true or false, got {overwrite!r}")
             if self.run is None:
                 preset = settings.pop("preset", None)
                 if preset is not None and preset not in PRESETS:
                     raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+                if (self.work / ckpt_io.CHECKPOINT_NAME).exists() and not overwrite:
+                    raise Busy(f"{str(self.work / ckpt_io.CHECKPOINT_NAME)!r} holds a run: a new one replaces it "
+                               "only when asked (overwrite: true)")
                 values = {**PRESETS[preset or "lecture"], **settings}
                 cfg = TrainConfig(**{**values, "work_dir": str(self.work), "input_file": self.input_file,
                                      "diagnostics": True, "num_threads": self.num_threads})
@@ -116,19 +134,23 @@ class Session:
         if refused:
             raise ValueError(f"a paused run continues with its settings and cannot change {', '.join(refused)}: "
                              "press Reset to start a new one")
-        new = dataclasses.replace(cfg, **{k: v for k, v in settings.items() if k in ("max_steps",)})
+        new = dataclasses.replace(cfg, **{k: v for k, v in settings.items() if k in RESUME_MAY_CHANGE})
         new.check()
         self.run.cfg = new
 
     def pause(self) -> None:
+        with self.lock:  # (a Start waits: it cannot slip in between the stop and the join)
+            self._stop_thread()
+
+    def _stop_thread(self) -> None:
         self.stop[0] = 1
         t = self.thread
         if t is not None:
             t.join()
 
     def reset(self) -> None:
-        self.pause()
         with self.lock:
+            self._stop_thread()
             if self.run is not None:
                 self.run.close()
             self.run, self.model, self.error = None, None, None
@@ -137,9 +159,10 @@ class Session:
 
     def close(self) -> None:
         """Server shutdown: the run stops between two steps and saves its checkpoint."""
-        self.pause()
-        if self.run is not None:
-            self.run.close()
+        with self.lock:
+            self._stop_thread()
+            if self.run is not None:
+                self.run.close()
 
     # -- the worker thread -------------------------------------------------------------------
     def _train(self) -> None:
@@ -165,7 +188,10 @@ class Session:
                 if run.at_eval and not self.stop[0]:
                     run.eval_dev()
                 self._copy_model()
-            run.save()
+            if run.done:  # the end of a run, as the training command ends it: metrics.json, the pictures
+                run.finish(threads=chooser.top)
+            else:
+                run.save()
         except TrainingDiverged as e:
             self.error = str(e)
         except Exception as e:  # the page shows it; the server goes on

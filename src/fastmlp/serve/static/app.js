@@ -41,11 +41,16 @@ function settings() {
   return out;
 }
 
+let replace = false;  // after Reset (confirmed), the next Start may replace the work dir's checkpoint
 $("#start").onclick = () => api("/api/train/start", {
-  method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(settings()),
-}).then(drawState, () => {});
+  method: "POST", headers: { "Content-Type": "application/json" },
+  body: JSON.stringify(Object.assign(settings(), replace ? { overwrite: true } : {})),
+}).then((s) => { replace = false; drawState(s); }, () => {});
 $("#pause").onclick = () => api("/api/train/pause", { method: "POST" }).then(drawState, () => {});
-$("#reset").onclick = () => api("/api/train/reset", { method: "POST" }).then(drawState, () => {});
+$("#reset").onclick = () => {
+  if (!confirm("Reset: forget this run? The next Start replaces its checkpoint.")) return;
+  api("/api/train/reset", { method: "POST" }).then((s) => { replace = true; drawState(s); }, () => {});
+};
 
 function drawState(s) {
   const status = s.config
@@ -140,6 +145,7 @@ function connect() {
   const es = new EventSource("/api/events");
   es.onmessage = (m) => {
     const d = JSON.parse(m.data);
+    if (d.error) { showError(d.error); return; }
     if (d.state.vocab) window.vocab = d.state.vocab;
     drawState(d.state);
     drawInside(d.inside);

@@ -102,6 +102,33 @@ class WorkDirLock:
             import fcntl
         except ImportError:  # not POSIX
             return
+        for _ in range(3):  # the file may be unlinked (a failed start's cleanup) between open and flock
+            fd = self._open()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.read(fd, 32).decode("ascii", "replace").strip()
+                os.close(fd)
+                who = f"pid {holder}" + (", this process" if holder == str(os.getpid()) else "") \
+                    if holder.isdigit() else "another process"
+                raise WorkDirBusy(f"work dir {str(Path(work))!r} is in use by another run ({who}): wait for it to "
+                                  "end, or choose another work dir") from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path, follow_symlinks=False).st_ino
+            except OSError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # we locked a file no longer at the path: another run may lock the new one
+        else:
+            raise WorkDirBusy(f"work dir {str(Path(work))!r}: its lock file keeps changing; another run is "
+                              "starting there")
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        _HELD.add(self)
+
+    def _open(self) -> int:
         flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) | \
             getattr(os, "O_NONBLOCK", 0)
         try:
@@ -112,21 +139,15 @@ class WorkDirLock:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise ValueError(f"cannot use the lock file {str(self.path)!r}: it is not a regular file")
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.read(fd, 32).decode("ascii", "replace").strip()
-            os.close(fd)
-            who = f"pid {holder}" + (", this process" if holder == str(os.getpid()) else "") if holder.isdigit() \
-                else "another process"
-            raise WorkDirBusy(f"work dir {str(Path(work))!r} is in use by another run ({who}): wait for it to end, "
-                              "or choose another work dir") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-        _HELD.add(self)
+        return fd
 
-    def release(self) -> None:
+    def release(self, unlink: bool = False) -> None:
+        """Frees the lock; unlink: remove the lock file first, while still holding it."""
+        if self._fd is not None and unlink:
+            try:
+                self.path.unlink()
+            except OSError:
+                pass
         if self._fd is not None:
             fd, self._fd = self._fd, None
             _HELD.discard(self)

@@ -21,6 +21,7 @@ SCHEDULES = ("step", "cosine", "constant")
 OPTIMIZERS = ("sgd", "adamw")
 MAX_STEPS = 1 << 40
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+DIAG_MAX_RECORDS = 10_000  # fastmlp.diagnostics.MAX_RECORDS (1.4 KB each, kept in the checkpoint)
 BOOL_FIELDS = ("nesterov", "eval_test", "diagnostics")
 FLOAT_FIELDS = ("momentum", "beta1", "beta2", "weight_decay", "dropout", "learning_rate", "lr_decay_factor", "min_lr")
 
@@ -81,6 +82,10 @@ class TrainConfig:
             v = self.diag_interval
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 1 <= v <= max(1, self.max_steps):
                 raise ValueError(f"diag_interval must be an integer in [1, max_steps = {self.max_steps:,}], got {v!r}")
+            least = -(-self.max_steps // DIAG_MAX_RECORDS)
+            if self.diagnostics and v < least:  # every record stays in the checkpoint
+                raise ValueError(f"diag_interval {v} would record {self.max_steps // v:,} steps; a run keeps at most "
+                                 f"{DIAG_MAX_RECORDS:,} records: use at least {least:,}")
         if self.init not in ("lecture", "scaled"):
             raise ValueError(f"init must be 'lecture' or 'scaled', got {self.init!r}")
         if self.lr_schedule not in SCHEDULES:

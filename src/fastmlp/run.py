@@ -26,7 +26,7 @@ from . import checkpoint as ckpt_io
 from ._files import WorkDirLock, atomic_write, atomic_write_json, remove_stale_temp_files
 from .config import TrainConfig, learning_rates, resume_config
 from .data import SPLIT_RULE, DataError, Dataset, bundled_names, load_dataset
-from .diagnostics import default_interval, diag_arg, diagnose, parse_record, record_length, steps_to_record, summary
+from .diagnostics import default_interval, diag_arg, parse_record, record_length, steps_to_record, summary
 from .model import MLP
 
 OUTPUT_FILES = (ckpt_io.CHECKPOINT_NAME, "metrics.json", "loss_history.npy", "loss.png", "embedding.png",
@@ -120,10 +120,9 @@ class Run:
             return cls(cfg, ds, model, 0, _core.rng_state(cfg.seed), cfg.make_optimizer(model.params), [], [], log,
                        lock)
         except BaseException:
-            lock.release()
+            lock.release(unlink=created)
             if created:  # a run that never started leaves no empty folder behind
                 try:
-                    lock.path.unlink()
                     work.rmdir()
                 except OSError:
                     pass
@@ -240,8 +239,8 @@ class Run:
                 self._diverged(self.step + len(losses) - 1, recent, lrs[len(losses) - 1], exploded=True)
         for step, rec in zip(wanted, records if records is not None else ()):
             if step < self.step + len(losses) and np.isfinite(rec[0]):  # (a step not reached stays NaN)
+                self.diag_records.append(rec)  # (first: a reader in another thread pairs steps with records)
                 self.diag_steps.append(step)
-                self.diag_records.append(rec)
         self.history.append(losses)
         self.step += len(losses)
         return losses
@@ -282,18 +281,13 @@ class Run:
             diag_records=np.array(self.diag_records) if self.diag_records else None))
 
     def plot_diagnostics(self) -> list:
-        """diagnostics.png and saturation.png (fastmlp.plot), the pictures of --diagnostics;
-        the weight gradients and the saturation map from the first examples of the
-        training split."""
+        """diagnostics.png and saturation.png (fastmlp.plot.draw_diagnostics), the pictures of
+        --diagnostics; returns their names."""
         from .diagnostics import SATURATION_BATCH
-        from .plot import plot_diagnostics, plot_saturation
+        from .plot import draw_diagnostics
 
         X, Y = (a[:SATURATION_BATCH] for a in self.ds.train)
-        final = diagnose(self.model, X, Y)
-        final.step = self.step
-        plot_diagnostics(self.diagnostics(), self.work / "diagnostics.png", final)
-        plot_saturation(final.act, self.work / "saturation.png", self.step)
-        return ["diagnostics.png", "saturation.png"]
+        return [p.name for p in draw_diagnostics(self.diagnostics(), self.model, X, Y, self.work, self.step)]
 
     def diagnostics(self, since: int = 0) -> list:
         """The records of --diagnostics so far (of steps >= since), as fastmlp.diagnostics.Diagnostics."""

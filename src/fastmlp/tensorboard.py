@@ -14,13 +14,27 @@ from pathlib import Path
 import numpy as np
 
 
+def check_writer(logdir) -> None:
+    """One line if the extra is missing or the folder cannot be written; nothing is made
+    (train() calls it before it touches the work dir)."""
+    try:
+        import tensorboardX  # noqa: F401
+    except ImportError:
+        raise ImportError('--tensorboard needs tensorboardX: pip install "fastmlp[tensorboard]"') from None
+    path = Path(logdir)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--tensorboard {str(path)!r} exists and is not a folder")
+    parent = next((p for p in [path, *path.parents] if p.exists()), Path("."))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write to --tensorboard {str(path)!r}: {str(parent)!r} is not writable")
+
+
 def open_writer(logdir):
     """A tensorboardX SummaryWriter on logdir; one line if the extra is missing or the
     folder cannot be written (checked before any training)."""
-    try:
-        from tensorboardX import SummaryWriter
-    except ImportError:
-        raise ImportError('--tensorboard needs tensorboardX: pip install "fastmlp[tensorboard]"') from None
+    check_writer(logdir)
+    from tensorboardX import SummaryWriter
+
     path = Path(logdir)
     if path.exists() and not path.is_dir():
         raise ValueError(f"--tensorboard {str(path)!r} exists and is not a folder")

@@ -91,11 +91,17 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
 
     resume: continue the checkpoint in cfg.work_dir with its saved configuration; the
     fields of `overrides` (default: those of cfg that differ from the saved ones) may
-    change only max_steps, eval_interval, num_threads, eval_test and input_file.
+    change only what config.RESUME_MAY_CHANGE lists (max_steps, eval_interval, num_threads,
+    eval_test, input_file, diagnostics, diag_interval, tensorboard).
     overwrite: start afresh even if cfg.work_dir holds a checkpoint.
     on_eval(step, dev_loss): called after each evaluation (a sweep's pruner); may raise
     to end the run.
     plots: draw loss.png and embedding.png at the end (a sweep's trials skip them: ~1 s each)."""
+    tensorboard = (overrides or {}).get("tensorboard", cfg.tensorboard)
+    if tensorboard:  # a missing extra or an unusable folder: before the work dir is touched
+        from .tensorboard import check_writer
+
+        check_writer(tensorboard)
     if resume:
         if overrides is None:
             from . import checkpoint as ckpt_io
@@ -218,7 +224,8 @@ def build_parser() -> ArgumentParser:
                    help="also report the test loss (the lecture's rule: touch the test split rarely)")
     g.add_argument("--resume", action="store_true",
                    help="continue the checkpoint in --work-dir with its saved configuration (may change only "
-                        "--max-steps, --eval-interval, --num-threads, --eval-test, -i)")
+                        "--max-steps, --eval-interval, --num-threads, --eval-test, -i, and what it watches: "
+                        "--diagnostics, --diag-interval, --tensorboard)")
     g.add_argument("--overwrite", action="store_true", help="start afresh even if --work-dir holds a checkpoint")
     g.add_argument("--json", action="store_true",
                    help="print one JSON object with the results on stdout (progress and notes go to stderr)")

@@ -90,8 +90,7 @@ py::array_t<float> train_steps(py::handle params, py::handle X_, py::handle Y_, 
   py::array_t<double> profile;
   if (!profile_.is_none()) {  // filled by the loop: per thread, seconds in barriers and in all
     profile = typed<double>(profile_, "profile", {ex.threads, 2}, "(threads, 2)", true);
-    std::fill(profile.mutable_data(), profile.mutable_data() + profile.size(), 0.0);
-    ex.profile = profile.mutable_data();
+    ex.profile = profile.mutable_data();  // (zeroed once it is known to share nothing)
   }
 
   // diag: (out float64 (n, kDiagFixed + 3 bins) or (kDiagFixed + 3 bins,), bins, pre_range, sat,
@@ -110,12 +109,10 @@ py::array_t<float> train_steps(py::handle params, py::handle X_, py::handle Y_, 
     if (!(diag.pre_range > 0.f) || !std::isfinite(diag.pre_range) || !(diag.sat > 0.f && diag.sat < 1.f))
       throw py::value_error("diag pre_range must be finite and > 0, and sat in (0, 1)");
     const int64_t len = kDiagFixed + 3 * (int64_t)diag.bins;
-    py::array o = py::reinterpret_borrow<py::array>(t[0]);
-    const bool one = py::isinstance<py::array>(t[0]) && o.ndim() == 1;
+    const bool one = py::isinstance<py::array>(t[0]) && py::reinterpret_borrow<py::array>(t[0]).ndim() == 1;
     diag_out = one ? typed<double>(t[0], "diag out", {len}, "(25 + 3 * bins,)", true)
                    : typed<double>(t[0], "diag out", {-1, len}, "(n, 25 + 3 * bins)", true);
-    std::fill(diag_out.mutable_data(), diag_out.mutable_data() + diag_out.size(), NAN);
-    diag.out = diag_out.mutable_data();
+    diag.out = diag_out.mutable_data();  // (filled with NaN once it is known to share nothing)
     diag.capacity = one ? 1 : diag_out.shape(0);
     if (!t[4].is_none()) {
       diag_act = typed<float>(t[4], "diag act", {B, m.d.H}, "(batch_size, H)", true);
@@ -146,6 +143,9 @@ py::array_t<float> train_steps(py::handle params, py::handle X_, py::handle Y_, 
                     {"diag act", &diag_act}},
                    all);
 
+  // written before the loop only now that they are known not to alias anything
+  if (ex.profile) std::fill(profile.mutable_data(), profile.mutable_data() + profile.size(), 0.0);
+  if (diag.out) std::fill(diag_out.mutable_data(), diag_out.mutable_data() + diag_out.size(), NAN);
   auto losses = empty<float>({steps});
   const TrainArgs a{X.data(), Y.data(), N, (int)B, steps, lrs.data(), batches_.is_none() ? nullptr : batches.data(),
                     batches_.is_none() ? rng.mutable_data() : nullptr, losses.mutable_data(),

@@ -137,12 +137,17 @@ inline void diag_rows(StepDiag& dg, const Layout& L, const float* h, int64_t r0,
   }
 }
 
-// The range of the gradient's histogram: max |dh| over every row (once every thread's
-// diag_rows is done); 1 if all are zero.
-inline double grad_range(const StepDiag& dg, int64_t B) {
+// max |dh| over every row (once every thread's diag_rows is done)
+inline double grad_absmax(const StepDiag& dg, int64_t B) {
   float m = 0.f;
   for (int64_t i = 0; i < B; ++i) m = fmaxf(m, dg.rowmax[i]);
-  return m > 0.f ? (double)m : 1.0;
+  return (double)m;
+}
+
+// The range of the gradient's histogram: [-max |dh|, max |dh|], or [-1, 1] if all are zero.
+inline double grad_range(const StepDiag& dg, int64_t B) {
+  const double m = grad_absmax(dg, B);
+  return m > 0.0 ? m : 1.0;
 }
 
 // This thread's rows of dh into its gradient histogram (after a barrier that follows diag_rows).
@@ -189,7 +194,7 @@ inline void diag_record(const StepDiag& dg, const Layout& L, int64_t B, double l
   st[4] = (double)saturated / n;
   st[5] = (double)dead;
   from_sums(S[4], S[5], n, &st[6], &st[7]);
-  st[8] = grad_range(dg, B);
+  st[8] = grad_absmax(dg, B);
   // C, W1, b1, W2, b2: their real (unpadded) entries
   const PadWeights& p = dg.before->w;
   const float* P[5] = {p.C, p.W1, p.b1, p.W2, p.b2};

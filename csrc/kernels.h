@@ -66,10 +66,12 @@ struct Optimizer {
 // The diagnostics of a training step, makemore part 3's look inside (diag-inl.h): when
 // TrainArgs::diag is set, train_steps records every step whose global index (step0 + s)
 // is a multiple of `every`, the k-th such step in row k of out (at most `capacity`
-// rows; rows not reached stay as they were). A record is kDiagFixed + 3 * bins doubles:
+// rows; the bindings fill out with NaN first, so rows not reached are NaN). A record is
+// kDiagFixed + 3 * bins doubles:
 //   [0] the loss; then for the hidden layer
 //   pre_hist[bins] over [-pre_range, pre_range], act_hist[bins] over [-1, 1] (tanh output),
-//   grad_hist[bins] over [-grad_absmax, grad_absmax] (d loss / d layer output, after dropout),
+//   grad_hist[bins] over [-grad_absmax, grad_absmax] (d loss / d layer output, after dropout;
+//   over [-1, 1] if every gradient is 0),
 //   pre_mean, pre_std, act_mean, act_std, saturated fraction (|act| > sat), dead units
 //   (saturated on every row), grad_mean, grad_std, grad_absmax;
 //   then for each parameter C, W1, b1, W2, b2: std(before the step), std(gradient),

@@ -174,5 +174,6 @@ PYBIND11_MODULE(_core, m) {
         "n words as int32 (n, max_len) character indices, each ended by 0 ('.') unless max_len was reached.");
   m.def("fma_peak_gflops", &fma_peak_gflops, py::arg("threads") = 1, py::arg("seconds") = 0.2,
         "Measured FMA peak of the active kernel build on this many threads (GFLOP/s), for benchmarks.");
+  m.attr("DIAG_FIXED") = (int)kDiagFixed;  // a diagnostics record: DIAG_FIXED + 3 * bins doubles (kernels.h)
   m.def("rng_state", &rng_state, py::arg("seed"), "A fresh xoshiro256** state (4,) uint64 for train_steps.");
 }

@@ -22,13 +22,14 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from . import _core
+from .config import DIAG_MAX_RECORDS as MAX_RECORDS  # noqa: F401 (a run's records at most; TrainConfig checks)
 from .model import PARAM_NAMES, MLP
 from .optim import Optimizer, make as make_optimizer
 
 SATURATED = 0.97   # the lecture's threshold: |tanh| above it passes almost no gradient
 BINS = 50          # bins of every histogram
 PRE_RANGE = 10.0   # pre-activation histograms cover [-PRE_RANGE, PRE_RANGE]
-FIXED = 25         # a record's fixed fields (kernels.h, DiagArgs)
+FIXED = _core.DIAG_FIXED  # a record's fixed fields (25: kernels.h, DiagArgs)
 SATURATION_BATCH = 32  # saturation.png: the first examples of the training split (the lecture's batch)
 LAYER_SCALARS = ("pre_mean", "pre_std", "mean", "std", "saturation", "dead", "grad_mean", "grad_std", "grad_absmax")
 
@@ -37,7 +38,7 @@ def record_length(bins: int = BINS) -> int:
     return FIXED + 3 * bins
 
 
-MIN_INTERVAL = 50  # a record costs about 1.5 steps (benchmarks/bench_diagnostics.py): at most ~3% of a run
+MIN_INTERVAL = 50  # a record costs about 1.5 steps: under 5% of a run (benchmarks/bench_diagnostics.py)
 
 
 def default_interval(max_steps: int) -> int:
@@ -125,7 +126,7 @@ def parse_record(rec: np.ndarray, step: Optional[int] = None, has_update: bool =
                        pre_mean=s["pre_mean"], pre_std=s["pre_std"], grad_mean=s["grad_mean"],
                        grad_std=s["grad_std"], hist=Histogram(h[1], edges(-1.0, 1.0)),
                        pre_hist=Histogram(h[0], edges(-PRE_RANGE, PRE_RANGE)),
-                       grad_hist=Histogram(h[2], edges(-s["grad_absmax"], s["grad_absmax"])))
+                       grad_hist=Histogram(h[2], edges(-(s["grad_absmax"] or 1.0), s["grad_absmax"] or 1.0)))
     col = lambda j: {k: float(ps[i, j]) for i, k in enumerate(PARAM_NAMES)}
     return Diagnostics(loss=float(rec[0]), layers=[layer], param_std=col(0), grad_std=col(1),
                        update_std=col(2) if has_update else None, step=step)

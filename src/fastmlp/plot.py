@@ -132,7 +132,7 @@ def plot_diagnostics(records, path=None, final=None):
     recorded steps (saturation in the legend), the weight gradients' distribution with
     grad:data (from `final`, a diagnose() result), and update:data of the weight matrices
     over the steps on log10 with the lecture's guide at -3."""
-    from .diagnostics import SATURATED
+    from .diagnostics import SATURATED, Histogram
 
     fig, axes = _figure(2, 2, figsize=(13, 8.5))
     (a_act, a_grad), (a_w, a_upd) = axes
@@ -152,7 +152,7 @@ def plot_diagnostics(records, path=None, final=None):
         for i, (k, g) in enumerate((k, g) for k, g in final.grads.items() if np.ndim(g) == 2):
             counts, edges = np.histogram(g, bins=50)
             ratio = final.grad_data[k]
-            _hist_line(a_w, type("H", (), {"counts": counts.astype(float), "edges": edges}),
+            _hist_line(a_w, Histogram(counts.astype(float), edges),
                        f"{k} {tuple(np.shape(g))}: std {np.std(g):.1e}, grad:data "
                        + (f"{ratio:.1e}" if ratio is not None else "-"), color=f"C{i}")
         when = f"step {final.step:,}" if final.step is not None else "this batch"
@@ -186,29 +186,37 @@ def plot_saturation(act, path=None, step=None):
     return _save(fig, path)
 
 
+def draw_diagnostics(records, model, X, Y, out: Path, step: int) -> list:
+    """diagnostics.png and saturation.png of a run: its records, and diagnose() of the
+    model on (X, Y), the first examples of its training split (the weight gradients and
+    the saturation map); without X, the records alone. Returns the files written."""
+    from .diagnostics import diagnose
+
+    final = None
+    if X is not None:
+        final = diagnose(model, X, Y)
+        final.step = step
+    plot_diagnostics(records, out / "diagnostics.png", final)
+    if final is None:
+        return [out / "diagnostics.png"]
+    plot_saturation(final.act, out / "saturation.png", step)
+    return [out / "diagnostics.png", out / "saturation.png"]
+
+
 def plot_run_diagnostics(ck, out: Path, input_file=None) -> list:
-    """diagnostics.png and saturation.png for a checkpoint with --diagnostics records; the
-    weight gradients and the saturation map come from diagnose() on the first 32 examples
-    of its training split, when its data can be found."""
+    """draw_diagnostics for a checkpoint, its training split rebuilt from its data file."""
     from .data import build_dataset
-    from .diagnostics import SATURATION_BATCH, diagnose, parse_record
+    from .diagnostics import SATURATION_BATCH, parse_record
     from .sample import training_split
 
     records = [parse_record(r, step=int(s)) for s, r in zip(ck.diag_steps, ck.diag_records)]
     words, why = training_split(ck, input_file)
-    final = None
+    X = Y = None
     if words is not None:
-        X, Y = build_dataset(words[:SATURATION_BATCH], ck.vocab, ck.model.block_size)
-        final = diagnose(ck.model, X[:SATURATION_BATCH], Y[:SATURATION_BATCH])
-        final.step = ck.step
-    plot_diagnostics(records, out / "diagnostics.png", final)
-    written = [out / "diagnostics.png"]
-    if final is not None:
-        plot_saturation(final.act, out / "saturation.png", ck.step)
-        written.append(out / "saturation.png")
+        X, Y = (a[:SATURATION_BATCH] for a in build_dataset(words[:SATURATION_BATCH], ck.vocab, ck.model.block_size))
     else:
         print(f"note: skipped saturation.png and the weight gradients: {why}", file=sys.stderr)
-    return written
+    return draw_diagnostics(records, ck.model, X, Y, out, ck.step)
 
 
 def main(argv=None) -> int:

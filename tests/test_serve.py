@@ -240,3 +240,20 @@ def test_a_public_address_is_warned_about(tmp_path, words):
     finally:
         rc, err = s.stop()
     assert "warning: listening on 0.0.0.0" in s.banner + err
+
+
+def test_a_run_from_the_command_opens_and_goes_on_recording(tmp_path, words):
+    r = subprocess.run([sys.executable, "-m", "fastmlp.train", "-i", str(words), "-o", str(tmp_path / "run"),
+                        "--n-hidden", "32", "--max-steps", "300", "--no-progress"], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    s = Server(tmp_path / "run", words)
+    try:
+        assert "step 300" in s.banner
+        code, st = s.call("/api/train/start", {"max_steps": 600})
+        assert code == 200, st
+        s.wait(lambda x: not x["running"] and x["step"] == 600)
+        ck = ckpt_io.load(tmp_path / "run")
+        assert ck.step == 600 and len(ck.diag_steps) and ck.diag_steps[0] >= 300  # the Inside panel has records
+    finally:
+        s.stop()

@@ -134,7 +134,9 @@ class Session:
         if refused:
             raise ValueError(f"a paused run continues with its settings and cannot change {', '.join(refused)}: "
                              "press Reset to start a new one")
-        new = dataclasses.replace(cfg, **{k: v for k, v in settings.items() if k in RESUME_MAY_CHANGE})
+        # (the page's Inside panel needs the records: a run opened from the command goes on recording)
+        new = dataclasses.replace(cfg, **{"diagnostics": True,
+                                          **{k: v for k, v in settings.items() if k in RESUME_MAY_CHANGE}})
         new.check()
         self.run.cfg = new
 

@@ -270,8 +270,9 @@ import multiprocessing as mp, sys, threading, time
 from fastmlp.train import TrainConfig, train
 cfg = TrainConfig(input_file=sys.argv[1], work_dir=sys.argv[2], n_hidden=32, init="scaled", max_steps=10**9,
                   eval_interval=10**9)
-threading.Thread(target=train, args=(cfg,), kwargs=dict(progress=False, log=lambda s: None), daemon=True).start()
-sys.stdin.readline()  # the test says when the lock is held
+say = lambda s: print("holding", flush=True) if s.startswith("MLP(") else None  # (logged once the run holds it)
+threading.Thread(target=train, args=(cfg,), kwargs=dict(progress=False, log=say), daemon=True).start()
+sys.stdin.readline()  # the test says when to fork
 child = mp.get_context("fork").Process(target=time.sleep, args=(120,))
 child.start()
 print(child.pid, flush=True)
@@ -284,30 +285,26 @@ def test_a_forked_child_does_not_keep_a_killed_holders_lock(tmp_path, words_file
     p = subprocess.Popen([sys.executable, "-c", FORKED_HOLDER, str(words_file), str(tmp_path / "run")],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     child = None
+    cmd = ("fastmlp.train", "-i", words_file, "-o", tmp_path / "run", "--max-steps", 10, "--overwrite")
     try:
-        deadline = time.time() + 60
-        while True:  # until the holder holds: a second run is refused
-            r = cli("fastmlp.train", "-i", words_file, "-o", tmp_path / "run", "--max-steps", 10, "--overwrite")
-            if "in use by another run" in r.stderr or time.time() > deadline:
-                break
-            time.sleep(0.2)
-        one_line_error(r, "in use by another run")
+        assert p.stdout.readline().strip() == "holding", p.stderr.read()  # the holder holds the work dir
+        one_line_error(cli(*cmd), "in use by another run")
         p.stdin.write("fork\n")
         p.stdin.flush()
-        child = int(p.stdout.readline())  # the child has the lock's descriptor now, and closes it
-        r = cli("fastmlp.train", "-i", words_file, "-o", tmp_path / "run", "--max-steps", 10, "--overwrite")
-        one_line_error(r, "in use by another run")  # the parent still holds it
+        child = int(p.stdout.readline())  # the child got the lock's descriptor, and closed it
+        one_line_error(cli(*cmd), "in use by another run")  # the parent still holds it
         p.kill()
         p.wait(30)
-        r = cli("fastmlp.train", "-i", words_file, "-o", tmp_path / "run", "--max-steps", 10, "--overwrite")
+        r = cli(*cmd)
         assert r.returncode == 0, r.stderr  # the child still runs, and holds nothing
     finally:
-        p.kill()
-        if child:
+        if child:  # first: it holds the pipes open too
             try:
                 os.kill(child, signal.SIGKILL)
             except OSError:
                 pass
+        p.kill()
+        p.communicate(timeout=30)
 
 
 def test_a_failed_start_leaves_no_empty_work_dir(tmp_path):

@@ -175,9 +175,9 @@ def test_three_workers_share_a_postgresql_study_and_a_killed_one_is_retried(tmp_
     study = optuna.load_study(study_name="shared", storage=storage)
     trials = study.get_trials(deepcopy=False)
     done = finished(study)
-    assert len(done) == n, [(t.number, t.state.name, t.user_attrs.get("pid"), t.user_attrs.get("surplus"),
-                             t.system_attrs.get("failed_trial"), t.datetime_start, t.datetime_complete)
-                            for t in trials]  # the study's total across the three
+    assert len(done) == n, "\n".join(str((t.number, t.state.name, t.user_attrs.get("pid"), t.user_attrs.get("surplus"),
+                             t.system_attrs.get("failed_trial"), str(t.datetime_start), str(t.datetime_complete)))
+                            for t in trials) + f"\nvictim {victim.number}"  # the study's total across the three
     killed = next(t for t in trials if t.number == victim.number)
     assert killed.state == optuna.trial.TrialState.FAIL  # marked failed by a heartbeat check
     retried = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]

@@ -4,7 +4,7 @@ study holds its total of finished (complete or pruned) trials.
 How the total stays exact with any number of workers on any number of machines: a
 worker starts a trial only while complete + pruned + running trials are fewer than the
 total, and a trial that finds, once created, that as many trials numbered before it
-are already running or finished is surplus: it ends at once, marked failed with the
+are already running, waiting (a retry) or finished is surplus: it ends at once, marked failed with the
 attribute "surplus", and counts nowhere. A worker whose study holds running trials
 that could still fail waits for them, so the trial of a killed worker is retried."""
 from __future__ import annotations
@@ -50,7 +50,9 @@ def counts(study) -> dict:
 
 
 def is_surplus(study, trial, total: int) -> bool:
-    before = [t for t in study.get_trials(deepcopy=False, states=COUNTED + (TrialState.RUNNING,))
+    # waiting trials count too: a retry of a killed worker's trial is created WAITING and run
+    # later; a trial numbered after it that ran as well would take the study past its total
+    before = [t for t in study.get_trials(deepcopy=False, states=COUNTED + (TrialState.RUNNING, TrialState.WAITING))
               if t.number < trial.number]
     return len(before) >= total
 

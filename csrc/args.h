@@ -148,7 +148,7 @@ struct Named {
   const char* name;
   const py::array* a;
 };
-inline void require_disjoint(std::initializer_list<Named> written, std::initializer_list<Named> all) {
+inline void require_disjoint(const std::vector<Named>& written, const std::vector<Named>& all) {
   for (const Named& w : written) {
     const char* w0 = (const char*)w.a->data();
     const char* w1 = w0 + w.a->nbytes();
@@ -163,46 +163,149 @@ inline void require_disjoint(std::initializer_list<Named> written, std::initiali
   }
 }
 
-// The model's five parameters, checked against each other.
+// The model's parameters, checked against each other, and (BatchNorm) its running statistics.
 struct Model {
-  py::array_t<float> C, W1, b1, W2, b2;
+  std::vector<py::array_t<float>> arrays;   // the parameters, in their order (kernels.h)
+  std::vector<std::string> names;           // what messages call them
+  std::vector<py::array_t<float>> buffers;  // BatchNorm: running_mean1..L, running_var1..L
   Dims d;
-  Params view() const { return {C.data(), W1.data(), b1.data(), W2.data(), b2.data()}; }
-  MutParams mut() {
-    return {C.mutable_data(), W1.mutable_data(), b1.mutable_data(), W2.mutable_data(), b2.mutable_data()};
+  MutParams p;
+  Params view() const {
+    Params q;
+    std::memcpy(&q, &p, sizeof q);
+    return q;
   }
+  MutParams mut() const { return p; }
 };
 
-// params: a sequence (C, W1, b1, W2, b2). names: what to call them in messages.
-inline Model check_model(py::handle params, bool writable, const char* what = "params",
-                         const char* const names[5] = nullptr) {
-  static const char* const kNames[5] = {"C", "W1", "b1", "W2", "b2"};
-  if (!names) names = kNames;
-  if (!py::isinstance<py::sequence>(params) || py::isinstance<py::str>(params) || py::len(params) != 5)
-    throw py::type_error(std::string(what) + " must be a sequence of the five arrays (C, W1, b1, W2, b2)");
+// The sequence's layout: no BatchNorm, 2 L + 3 arrays (C, W1, b1, ..., WL, bL, W{L+1},
+// b{L+1}); with it, 3 L + 3 (C, W1, gamma1, beta1, ..., W{L+1}, b{L+1}).
+inline std::string model_doc(bool bn) {
+  return bn ? "(C, W1, gamma1, beta1, ..., WL, gammaL, betaL, W{L+1}, b{L+1}), 3 L + 3 arrays"
+            : "(C, W1, b1, ..., WL, bL, W{L+1}, b{L+1}), 2 L + 3 arrays (the lecture's (C, W1, b1, W2, b2))";
+}
+
+// The pointers of L hidden layers' arrays given in the parameters' order.
+inline MutParams in_order(const std::vector<float*>& a, int L, bool bn) {
+  MutParams p;
+  std::memset(&p, 0, sizeof p);
+  size_t i = 0;
+  p.C = a[i++];
+  for (int l = 0; l < L; ++l) {
+    p.W[l] = a[i++];
+    if (bn) {
+      p.gamma[l] = a[i++];
+      p.beta[l] = a[i++];
+    } else {
+      p.b[l] = a[i++];
+    }
+  }
+  p.W[L] = a[i++];
+  p.b[L] = a[i++];
+  return p;
+}
+inline std::vector<float*> data_of(const std::vector<py::array_t<float>>& arrays) {
+  std::vector<float*> v;
+  for (const auto& a : arrays) v.push_back(const_cast<float*>(a.data()));  // written only when checked writable
+  return v;
+}
+
+// params: a sequence in the parameters' order; bn: BatchNorm's layout. prefix: put before
+// every name in messages (the optimizer state's "state[0].").
+inline Model check_arrays(py::handle params, bool writable, bool bn, const char* what = "params",
+                          const std::string& prefix = "") {
+  if (!py::isinstance<py::sequence>(params) || py::isinstance<py::str>(params))
+    throw py::type_error(std::string(what) + " must be a sequence of arrays " + model_doc(bn));
+  const int64_t n = (int64_t)py::len(params);
+  const int per = bn ? 3 : 2;
+  if (n < 3 + per || (n - 3) % per != 0 || (n - 3) / per > kMaxLayers)
+    throw py::value_error(std::string(what) + " must be " + model_doc(bn) + " with 1 <= L <= " +
+                          std::to_string(kMaxLayers) + ", got " + std::to_string(n) + " arrays");
+  const int L = (int)((n - 3) / per);
   py::sequence seq = py::reinterpret_borrow<py::sequence>(params);
   Model m;
-  m.C = typed<float>(seq[0], names[0], {-1, -1}, "(V, E)", writable);
-  const int64_t V = m.C.shape(0), E = m.C.shape(1);
+  auto name = [&](const char* base, int layer) {
+    return prefix + base + (layer > 0 ? std::to_string(layer) : std::string());
+  };
+  auto take = [&](int i, const std::string& nm, const std::vector<int64_t>& dims, const char* doc) {
+    m.names.push_back(nm);
+    m.arrays.push_back(typed<float>(seq[i], m.names.back().c_str(), dims, doc, writable));
+    return m.arrays.back();
+  };
+  auto C = take(0, name("C", 0), {-1, -1}, "(V, E)");
+  const int64_t V = C.shape(0), E = C.shape(1);
   if (V < 1 || E < 1)
-    throw py::value_error(std::string(names[0]) + " must have V >= 1 rows and E >= 1 columns, got " +
-                          shape_str(m.C));
-  m.W1 = typed<float>(seq[1], names[1], {-1, -1}, "(T*E, H)", writable);
-  const int64_t TE = m.W1.shape(0), H = m.W1.shape(1);
+    throw py::value_error(m.names[0] + " must have V >= 1 rows and E >= 1 columns, got " + shape_str(C));
+  auto W1 = take(1, name("W", 1), {-1, -1}, "(T*E, H)");
+  const int64_t TE = W1.shape(0), H = W1.shape(1);
   if (TE < E || TE % E != 0)
-    throw py::value_error(std::string(names[1]) + " must have T*E rows, a multiple of E = " + std::to_string(E) +
-                          ", got " + shape_str(m.W1));
-  if (H < 1) throw py::value_error(std::string(names[1]) + " must have H >= 1 columns, got " + shape_str(m.W1));
-  m.b1 = typed<float>(seq[2], names[2], {H}, "(H,)", writable);
-  m.W2 = typed<float>(seq[3], names[3], {H, V}, "(H, V)", writable);
-  m.b2 = typed<float>(seq[4], names[4], {V}, "(V,)", writable);
-  m.d = Dims{(int)V, (int)(TE / E), (int)E, (int)H};
-  require_finite(m.C, names[0]);
-  require_finite(m.W1, names[1]);
-  require_finite(m.b1, names[2]);
-  require_finite(m.W2, names[3]);
-  require_finite(m.b2, names[4]);
+    throw py::value_error(m.names[1] + " must have T*E rows, a multiple of E = " + std::to_string(E) + ", got " +
+                          shape_str(W1));
+  if (H < 1) throw py::value_error(m.names[1] + " must have H >= 1 columns, got " + shape_str(W1));
+  int i = 1;
+  for (int l = 0; l < L; ++l) {
+    if (l > 0) take(i, name("W", l + 1), {H, H}, "(H, H)");
+    ++i;
+    if (bn) {
+      take(i++, name("gamma", l + 1), {H}, "(H,)");
+      take(i++, name("beta", l + 1), {H}, "(H,)");
+    } else {
+      take(i++, name("b", l + 1), {H}, "(H,)");
+    }
+  }
+  take(i++, name("W", L + 1), {H, V}, "(H, V)");
+  take(i++, name("b", L + 1), {V}, "(V,)");
+  m.p = in_order(data_of(m.arrays), L, bn);
+  m.d = Dims{(int)V, (int)(TE / E), (int)E, (int)H, L, bn ? 1 : 0, 1e-5f, 0.1f};
+  for (size_t k = 0; k < m.arrays.size(); ++k) require_finite(m.arrays[k], m.names[k].c_str());
   return m;
+}
+
+// params, and batchnorm: None (no BatchNorm), or (running_mean, running_var, eps,
+// momentum): two sequences of L arrays (H,), eps > 0 and momentum in [0, 1].
+inline Model check_model(py::handle params, bool writable, py::handle batchnorm = py::none(),
+                         bool buffers_writable = false, const char* what = "params") {
+  const bool bn = !batchnorm.is_none();
+  Model m = check_arrays(params, writable, bn, what);
+  if (!bn) return m;
+  if (!py::isinstance<py::tuple>(batchnorm) || py::len(batchnorm) != 4)
+    throw py::type_error("batchnorm must be None or a tuple (running_mean, running_var, eps, momentum)");
+  py::tuple t = py::reinterpret_borrow<py::tuple>(batchnorm);
+  const int L = m.d.L;
+  const int64_t H = m.d.H;
+  const char* kind[2] = {"running_mean", "running_var"};
+  for (int k = 0; k < 2; ++k) {
+    if (!py::isinstance<py::sequence>(t[k]) || py::isinstance<py::str>(t[k]) || (int)py::len(t[k]) != L)
+      throw py::value_error(std::string("batchnorm ") + kind[k] + " must be a sequence of the " + std::to_string(L) +
+                            " hidden layers' arrays (H,)");
+    py::sequence seq = py::reinterpret_borrow<py::sequence>(t[k]);
+    for (int l = 0; l < L; ++l) {
+      const std::string nm = std::string(kind[k]) + std::to_string(l + 1);
+      m.buffers.push_back(typed<float>(seq[l], nm.c_str(), {H}, "(H,)", buffers_writable));
+      require_finite(m.buffers.back(), nm.c_str());
+      float* p = const_cast<float*>(m.buffers.back().data());  // written only if buffers_writable
+      if (k == 0) {
+        m.p.run_mean[l] = p;
+      } else {
+        m.p.run_var[l] = p;
+        for (int64_t j = 0; j < H; ++j)
+          if (p[j] < 0.f) throw py::value_error(nm + " must not be negative (a variance), got " + fmt(p[j]));
+      }
+    }
+  }
+  const double eps = t[2].cast<double>(), momentum = t[3].cast<double>();
+  if (!(eps > 0) || !std::isfinite((float)eps) || (float)eps <= 0.f)
+    throw py::value_error("batchnorm eps must be a finite number > 0, got " + fmt(eps));
+  m.d.bn_eps = (float)eps;
+  m.d.bn_momentum = in_range(momentum, "batchnorm momentum", 0, 1, true);
+  return m;
+}
+
+// BatchNorm in training mode needs at least two rows (the batch's variance), as torch's.
+inline void require_batch_for_batchnorm(const Dims& d, int64_t B, const char* what) {
+  if (d.bn && B < 2)
+    throw py::value_error(std::string("BatchNorm needs at least 2 rows per batch in training (the batch's "
+                                      "variance), got ") + what + " = " + std::to_string(B));
 }
 
 inline py::array_t<int32_t> check_X(py::handle X, const Dims& d, const char* name = "X") {
@@ -288,6 +391,10 @@ py::array_t<T> empty(std::vector<py::ssize_t> shape) {
   return py::array_t<T>(shape);
 }
 
-inline py::tuple as_tuple(const py::array_t<float> (&a)[5]) { return py::make_tuple(a[0], a[1], a[2], a[3], a[4]); }
+inline py::tuple as_tuple(const std::vector<py::array_t<float>>& a) {
+  py::tuple t(a.size());
+  for (size_t i = 0; i < a.size(); ++i) t[i] = a[i];
+  return t;
+}
 
 }  // namespace fastmlp

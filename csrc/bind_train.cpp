@@ -28,18 +28,22 @@ OptimizerArgs check_optimizer_object(py::handle obj, const Model& m) {
                         t[4].cast<double>(), t[5].cast<double>(), t[6].cast<double>());
   r.o.step = int_arg(t[7], "optimizer.step", 0, INT64_MAX / 2);
   r.plain = r.o.kind == kMomentum && r.o.momentum == 0 && r.o.weight_decay == 0;
-  const size_t want = r.plain ? 0 : r.o.kind == kAdamW ? 10 : 5;
+  const size_t per = m.arrays.size();
+  const size_t want = r.plain ? 0 : r.o.kind == kAdamW ? 2 * per : per;
   py::sequence seq = py::reinterpret_borrow<py::sequence>(t[8]);
   if (py::len(seq) != want)
-    throw py::value_error("optimizer state must hold " + std::to_string(want) + " arrays shaped like (C, W1, b1, "
-                          "W2, b2), got " + std::to_string(py::len(seq)));
-  static const char* const kSlots[2][5] = {{"state[0].C", "state[0].W1", "state[0].b1", "state[0].W2", "state[0].b2"},
-                                           {"state[1].C", "state[1].W1", "state[1].b1", "state[1].W2", "state[1].b2"}};
-  for (size_t k = 0; k < want; k += 5) {
-    py::tuple five = py::make_tuple(seq[k], seq[k + 1], seq[k + 2], seq[k + 3], seq[k + 4]);
-    Model sm = check_model(five, /*writable=*/true, "optimizer state", kSlots[k / 5]);
-    if (sm.d.V != m.d.V || sm.d.T != m.d.T || sm.d.E != m.d.E || sm.d.H != m.d.H)
-      throw py::value_error("optimizer state arrays must have the parameters' shapes");
+    throw py::value_error("optimizer state must hold " + std::to_string(want) + " arrays shaped like the " +
+                          std::to_string(per) + " parameters, got " + std::to_string(py::len(seq)));
+  for (size_t k = 0; k < want; k += per) {
+    py::tuple slot(per);
+    for (size_t i = 0; i < per; ++i) slot[i] = seq[k + i];
+    Model sm = check_arrays(slot, /*writable=*/true, m.d.bn != 0, "optimizer state",
+                            "state[" + std::to_string(k / per) + "].");
+    for (size_t i = 0; i < per; ++i)
+      if (sm.arrays[i].size() != m.arrays[i].size() || sm.arrays[i].ndim() != m.arrays[i].ndim() ||
+          !std::equal(sm.arrays[i].shape(), sm.arrays[i].shape() + sm.arrays[i].ndim(), m.arrays[i].shape()))
+        throw py::value_error("optimizer state " + sm.names[i] + " must have " + m.names[i] + "'s shape " +
+                              shape_str(m.arrays[i]) + ", got " + shape_str(sm.arrays[i]));
     r.state.push_back(sm);
   }
   if (!r.state.empty()) r.o.slot[0] = r.state[0].mut();
@@ -52,9 +56,10 @@ OptimizerArgs check_optimizer_object(py::handle obj, const Model& m) {
 py::array_t<float> train_steps(py::handle params, py::handle X_, py::handle Y_, py::handle lrs_,
                                py::handle batch_size_, py::handle rng_state_, py::handle batches_,
                                py::handle optimizer, double dropout, py::handle dropout_seed_, py::handle step0_,
-                               py::handle threads, py::handle stop_, py::handle profile_, py::handle diag_) {
+                               py::handle threads, py::handle stop_, py::handle profile_, py::handle diag_,
+                               py::handle batchnorm) {
   Exec ex = exec_for(threads);
-  Model m = check_model(params, /*writable=*/true);
+  Model m = check_model(params, /*writable=*/true, batchnorm, /*buffers_writable=*/true);
   auto X = check_X(X_, m.d);
   const int64_t N = X.shape(0);
   auto Y = check_Y(Y_, N, m.d.V);
@@ -82,6 +87,7 @@ py::array_t<float> train_steps(py::handle params, py::handle X_, py::handle Y_, 
       throw py::value_error("rng_state is all zero, which the sampler never leaves: use _core.rng_state(seed)");
   }
   if (B < 1) throw py::value_error("batch_size must be >= 1");
+  require_batch_for_batchnorm(m.d, B, "batch_size");
 
   OptimizerArgs opt = check_optimizer_object(optimizer, m);
   const float p_drop = check_dropout(dropout);
@@ -99,6 +105,9 @@ py::array_t<float> train_steps(py::handle params, py::handle X_, py::handle Y_, 
   py::array_t<double> diag_out;
   py::array_t<float> diag_act;
   if (!diag_.is_none()) {
+    if (m.d.L != 1 || m.d.bn)
+      throw py::value_error("diag records the one hidden layer of the lecture's model: it needs n_layers 1 "
+                            "without BatchNorm");
     if (!py::isinstance<py::tuple>(diag_) || py::len(diag_) != 6)
       throw py::type_error("diag must be a tuple (out, bins, pre_range, sat, act, every)");
     py::tuple t = py::reinterpret_borrow<py::tuple>(diag_);
@@ -121,27 +130,21 @@ py::array_t<float> train_steps(py::handle params, py::handle X_, py::handle Y_, 
   }
 
   // nothing written may share memory with anything else of the call
-  py::array none = py::array_t<float>(0);
-  const py::array* s[10];
-  for (int i = 0; i < 10; ++i) s[i] = &none;
-  for (size_t k = 0; k < opt.state.size(); ++k) {
-    const Model& sm = opt.state[k];
-    const py::array* a[5] = {&sm.C, &sm.W1, &sm.b1, &sm.W2, &sm.b2};
-    for (int i = 0; i < 5; ++i) s[5 * k + i] = a[i];
-  }
-  const std::initializer_list<Named> all = {
-      {"C", &m.C}, {"W1", &m.W1}, {"b1", &m.b1}, {"W2", &m.W2}, {"b2", &m.b2}, {"X", &X}, {"Y", &Y}, {"lrs", &lrs},
-      {"rng_state", &rng}, {"batches", &batches}, {"optimizer state", s[0]}, {"optimizer state", s[1]},
-      {"optimizer state", s[2]}, {"optimizer state", s[3]}, {"optimizer state", s[4]}, {"optimizer state", s[5]},
-      {"optimizer state", s[6]}, {"optimizer state", s[7]}, {"optimizer state", s[8]}, {"optimizer state", s[9]},
-      {"profile", &profile}, {"diag out", &diag_out}, {"diag act", &diag_act}};
-  require_disjoint({{"C", &m.C}, {"W1", &m.W1}, {"b1", &m.b1}, {"W2", &m.W2}, {"b2", &m.b2}, {"rng_state", &rng},
-                    {"optimizer state", s[0]}, {"optimizer state", s[1]}, {"optimizer state", s[2]},
-                    {"optimizer state", s[3]}, {"optimizer state", s[4]}, {"optimizer state", s[5]},
-                    {"optimizer state", s[6]}, {"optimizer state", s[7]}, {"optimizer state", s[8]},
-                    {"optimizer state", s[9]}, {"profile", &profile}, {"diag out", &diag_out},
-                    {"diag act", &diag_act}},
-                   all);
+  std::vector<Named> written, all;
+  for (size_t i = 0; i < m.arrays.size(); ++i) written.push_back({m.names[i].c_str(), &m.arrays[i]});
+  for (size_t i = 0; i < m.buffers.size(); ++i) written.push_back({"a BatchNorm running statistic", &m.buffers[i]});
+  for (const Model& sm : opt.state)
+    for (size_t i = 0; i < sm.arrays.size(); ++i) written.push_back({"optimizer state", &sm.arrays[i]});
+  written.push_back({"rng_state", &rng});
+  written.push_back({"profile", &profile});
+  written.push_back({"diag out", &diag_out});
+  written.push_back({"diag act", &diag_act});
+  all = written;
+  all.push_back({"X", &X});
+  all.push_back({"Y", &Y});
+  all.push_back({"lrs", &lrs});
+  all.push_back({"batches", &batches});
+  require_disjoint(written, all);
 
   // written before the loop only now that they are known not to alias anything
   if (ex.profile) std::fill(profile.mutable_data(), profile.mutable_data() + profile.size(), 0.0);
@@ -169,9 +172,9 @@ py::array_t<float> train_steps(py::handle params, py::handle X_, py::handle Y_, 
 }
 
 py::array_t<int32_t> sample(py::handle params, py::handle n_, py::handle max_len_, py::handle seed_,
-                            double temperature, py::handle top_k_, py::handle threads) {
+                            double temperature, py::handle top_k_, py::handle batchnorm, py::handle threads) {
   Exec ex = exec_for(threads);
-  Model m = check_model(params, false);
+  Model m = check_model(params, false, batchnorm);
   const int64_t n = int_arg(n_, "n", 0, kMaxDim);
   const int64_t max_len = int_arg(max_len_, "max_len", 1, 1 << 20);
   if (!std::isfinite(temperature) || temperature <= 0 || !std::isfinite((float)temperature) || (float)temperature == 0)

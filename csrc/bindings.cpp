@@ -187,9 +187,9 @@ void optimizer_update(const Optimizer& o, py::handle p_, py::handle g_, py::hand
 // ---------------------------------------------------------------------------
 // Whole-model passes
 // ---------------------------------------------------------------------------
-py::array_t<float> mlp_forward(py::handle params, py::handle X_, py::handle threads) {
+py::array_t<float> mlp_forward(py::handle params, py::handle X_, py::handle batchnorm, py::handle threads) {
   Exec ex = exec_for(threads);
-  Model m = check_model(params, false);
+  Model m = check_model(params, false, batchnorm);
   auto X = check_X(X_, m.d);
   const int64_t N = X.shape(0);
   auto logits = empty<float>({N, (int64_t)m.d.V});
@@ -203,9 +203,9 @@ py::array_t<float> mlp_forward(py::handle params, py::handle X_, py::handle thre
   return logits;
 }
 
-double mlp_loss(py::handle params, py::handle X_, py::handle Y_, py::handle threads) {
+double mlp_loss(py::handle params, py::handle X_, py::handle Y_, py::handle batchnorm, py::handle threads) {
   Exec ex = exec_for(threads);
-  Model m = check_model(params, false);
+  Model m = check_model(params, false, batchnorm);
   auto X = check_X(X_, m.d);
   const int64_t N = X.shape(0);
   auto Y = check_Y(Y_, N, m.d.V);
@@ -219,17 +219,19 @@ double mlp_loss(py::handle params, py::handle X_, py::handle Y_, py::handle thre
   return s / (double)N;
 }
 
-py::tuple mlp_loss_and_grad(py::handle params, py::handle X_, py::handle Y_, py::handle mask_, py::handle threads) {
+py::tuple mlp_loss_and_grad(py::handle params, py::handle X_, py::handle Y_, py::handle mask_, py::handle batchnorm,
+                            py::handle threads) {
   Exec ex = exec_for(threads);
-  Model m = check_model(params, false);
+  Model m = check_model(params, false, batchnorm);
   auto X = check_X(X_, m.d);
   const int64_t N = X.shape(0);
   auto Y = check_Y(Y_, N, m.d.V);
+  require_batch_for_batchnorm(m.d, N, "N");
   const Dims& d = m.d;
-  py::array_t<float> g[5] = {empty<float>({d.V, d.E}), empty<float>({(int64_t)d.T * d.E, (int64_t)d.H}),
-                             empty<float>({d.H}), empty<float>({d.H, d.V}), empty<float>({d.V})};
-  MutParams gp{g[0].mutable_data(), g[1].mutable_data(), g[2].mutable_data(), g[3].mutable_data(),
-               g[4].mutable_data()};
+  // the gradients: arrays shaped like the parameters, in their order
+  std::vector<py::array_t<float>> g;
+  for (const auto& a : m.arrays) g.push_back(empty<float>(std::vector<py::ssize_t>(a.shape(), a.shape() + a.ndim())));
+  MutParams gp = in_order(data_of(g), d.L, d.bn != 0);
   py::array_t<float> mask;
   if (!mask_.is_none()) {
     mask = typed<float>(mask_, "dropout_mask", {N, (int64_t)d.H}, "(N, H)");

@@ -24,18 +24,20 @@ void sgd_update(py::handle p, py::handle g, double lr, py::handle threads);
 void optimizer_update(const Optimizer& o, py::handle p, py::handle g, py::handle s0, py::handle s1, double lr,
                       py::handle threads, const char* s0_name);
 
-// whole model (bindings.cpp); params is the sequence (C, W1, b1, W2, b2)
-py::array_t<float> mlp_forward(py::handle params, py::handle X, py::handle threads);
-double mlp_loss(py::handle params, py::handle X, py::handle Y, py::handle threads);
-py::tuple mlp_loss_and_grad(py::handle params, py::handle X, py::handle Y, py::handle mask, py::handle threads);
+// whole model (bindings.cpp); params is the sequence (C, W1, b1, ..., W{L+1}, b{L+1}) and
+// batchnorm None or (running_mean, running_var, eps, momentum) (args.h, check_model)
+py::array_t<float> mlp_forward(py::handle params, py::handle X, py::handle batchnorm, py::handle threads);
+double mlp_loss(py::handle params, py::handle X, py::handle Y, py::handle batchnorm, py::handle threads);
+py::tuple mlp_loss_and_grad(py::handle params, py::handle X, py::handle Y, py::handle mask, py::handle batchnorm,
+                            py::handle threads);
 
 // training and sampling (bind_train.cpp)
 py::array_t<float> train_steps(py::handle params, py::handle X, py::handle Y, py::handle lrs, py::handle batch_size,
                                py::handle rng_state, py::handle batches, py::handle optimizer, double dropout,
                                py::handle dropout_seed, py::handle step0, py::handle threads, py::handle stop,
-                               py::handle profile, py::handle diag);
+                               py::handle profile, py::handle diag, py::handle batchnorm);
 py::array_t<int32_t> sample(py::handle params, py::handle n, py::handle max_len, py::handle seed, double temperature,
-                            py::handle top_k, py::handle threads);
+                            py::handle top_k, py::handle batchnorm, py::handle threads);
 py::array_t<float> dropout_mask(py::handle seed, py::handle step, py::handle B, py::handle H, double p);
 py::array_t<uint64_t> rng_state(py::handle seed);
 

@@ -44,11 +44,12 @@ struct StepDiag {
 };
 
 inline void copy_weights(const PadWeights& src, const PadWeights& dst, const Layout& L) {
-  memcpy(dst.C, src.C, sizeof(float) * L.V * L.E);
-  memcpy(dst.W1, src.W1, sizeof(float) * L.TE * L.Hp);
-  memcpy(dst.b1, src.b1, sizeof(float) * L.Hp);
-  memcpy(dst.W2, src.W2, sizeof(float) * L.H * L.Vp);
-  memcpy(dst.b2, src.b2, sizeof(float) * L.Vp);
+  PadWeights s = src, d = dst;
+  float **ps[kMaxTensors], **pd[kMaxTensors];
+  Tensor sh[kMaxTensors];
+  const int n = param_tensors(s, L, ps, sh);
+  param_tensors(d, L, pd, sh);
+  for (int k = 0; k < n; ++k) memcpy(*pd[k], *ps[k], sizeof(float) * (size_t)(sh[k].rows * sh[k].ld));
 }
 
 // Mean and unbiased standard deviation of x (rows, cols; leading dimension ld), minus
@@ -195,20 +196,19 @@ inline void diag_record(const StepDiag& dg, const Layout& L, int64_t B, double l
   st[5] = (double)dead;
   from_sums(S[4], S[5], n, &st[6], &st[7]);
   st[8] = grad_absmax(dg, B);
-  // C, W1, b1, W2, b2: their real (unpadded) entries
-  const PadWeights& p = dg.before->w;
-  const float* P[5] = {p.C, p.W1, p.b1, p.W2, p.b2};
-  const float* Pn[5] = {after.C, after.W1, after.b1, after.W2, after.b2};
-  const float* G[5] = {grad.C, grad.W1, grad.b1, grad.W2, grad.b2};
-  const int64_t rows[5] = {L.V, L.TE, 1, L.H, 1};
-  const int cols[5] = {L.E, H, H, L.V, L.V};
-  const int64_t ld[5] = {L.E, Hp, Hp, L.Vp, L.Vp};
+  // C, W1, b1, W2, b2 (the one hidden layer's model): their real (unpadded) entries
+  PadWeights p = dg.before->w, pn = after, pg = grad;
+  float **P[kMaxTensors], **Pn[kMaxTensors], **G[kMaxTensors];
+  Tensor sh[kMaxTensors];
+  const int count = param_tensors(p, L, P, sh);
+  param_tensors(pn, L, Pn, sh);
+  param_tensors(pg, L, G, sh);
   double* ps = st + 9;
-  for (int k = 0; k < 5; ++k) {
+  for (int k = 0; k < count && k < 5; ++k) {
     double m;
-    moments(P[k], nullptr, rows[k], cols[k], ld[k], &m, &ps[3 * k]);
-    moments(G[k], nullptr, rows[k], cols[k], ld[k], &m, &ps[3 * k + 1]);
-    moments(Pn[k], P[k], rows[k], cols[k], ld[k], &m, &ps[3 * k + 2]);
+    moments(*P[k], nullptr, sh[k].rows, sh[k].cols, sh[k].ld, &m, &ps[3 * k]);
+    moments(*G[k], nullptr, sh[k].rows, sh[k].cols, sh[k].ld, &m, &ps[3 * k + 1]);
+    moments(*Pn[k], *P[k], sh[k].rows, sh[k].cols, sh[k].ld, &m, &ps[3 * k + 2]);
   }
   if (a.act && row == 0)
     for (int64_t i = 0; i < B; ++i) memcpy(a.act + i * H, h + i * Hp, sizeof(float) * H);

@@ -8,7 +8,7 @@
 // the *-inl.h headers, by family (see kernels.cpp).
 //
 // Conventions: float32, row-major, contiguous. Shapes use
-//   N examples, T = block_size, E = n_embd, H = n_hidden, V = vocab size.
+//   N examples, T = block_size, E = n_embd, H = n_hidden, V = vocab size, L hidden layers.
 // The kernels trust their arguments: bindings.cpp validates every shape,
 // dtype and index before calling them.
 #pragma once
@@ -16,26 +16,43 @@
 
 namespace fastmlp {
 
+// Hidden layers at most (MLP n_layers).
+enum { kMaxLayers = 16 };
+
 struct Dims {
-  int V, T, E, H;  // vocab, block_size, n_embd, n_hidden
+  int V, T, E, H;     // vocab, block_size, n_embd, n_hidden
+  int L;              // hidden layers, 1..kMaxLayers (the lecture's model: 1)
+  int bn;             // nonzero: BatchNorm1d after each hidden Linear (which then has no bias)
+  float bn_eps;       // BatchNorm's eps (torch: 1e-5)
+  float bn_momentum;  // running = (1 - m) running + m batch (torch's convention)
 };
 
-// Read-only view of the model parameters.
+// Read-only view of the model parameters. Layer l = 0..L-1 is hidden (W[l] (K_l, H),
+// K_0 = T*E, K_l = H), layer L the output (W[L] (H, V), b[L] (V,)). Without BatchNorm
+// b[l] (H,) and gamma, beta, run_mean, run_var are null; with it b[l] is null for the
+// hidden layers and gamma[l], beta[l] (H,) are parameters, run_mean[l], run_var[l] (H,)
+// the running statistics (buffers: train_steps updates them, evaluation reads them).
+// The parameters' one order (the bindings' sequence, the optimizers' state): C, then per
+// hidden layer W[l] and b[l] (or gamma[l], beta[l]), then W[L], b[L].
 struct Params {
-  const float* C;   // (V, E)
-  const float* W1;  // (T*E, H)
-  const float* b1;  // (H,)
-  const float* W2;  // (H, V)
-  const float* b2;  // (V,)
+  const float* C;  // (V, E)
+  const float* W[kMaxLayers + 1];
+  const float* b[kMaxLayers + 1];
+  const float* gamma[kMaxLayers];
+  const float* beta[kMaxLayers];
+  const float* run_mean[kMaxLayers];
+  const float* run_var[kMaxLayers];
 };
 
-// Writable parameters (or gradients with the same shapes).
+// Writable parameters (or gradients, or optimizer state, with the same shapes).
 struct MutParams {
   float* C;
-  float* W1;
-  float* b1;
-  float* W2;
-  float* b2;
+  float* W[kMaxLayers + 1];
+  float* b[kMaxLayers + 1];
+  float* gamma[kMaxLayers];
+  float* beta[kMaxLayers];
+  float* run_mean[kMaxLayers];
+  float* run_var[kMaxLayers];
 };
 
 // How one kernel call runs, and what it reports back. (No default member initializers:
@@ -100,7 +117,7 @@ struct TrainArgs {
   uint64_t* rng_state;        // (4,) xoshiro256** state, never all zero; advanced when sampling
   float* losses;              // (steps,) out: minibatch loss before each update
   const Optimizer* opt;       // nullptr: plain SGD, fused into the gradient products
-  float dropout;              // probability of dropping each hidden unit (inverted dropout); 0 = off
+  float dropout;              // probability of dropping each unit of the last hidden layer (inverted); 0 = off
   uint64_t dropout_seed;      // masks depend on (dropout_seed, step0 + step, unit) only
   int64_t step0;              // global index of the first step of this call
   const volatile int32_t* stop;  // polled between steps: nonzero returns early (Ctrl-C); may be null
@@ -146,12 +163,14 @@ struct KernelTable {
   void (*optimizer_update)(const Optimizer& o, float* p, const float* g, float* s0, float* s1, int64_t n, float lr,
                            Exec& ex);
 
-  // Whole-model passes.
+  // Whole-model passes. mlp_forward, mlp_loss_sum and sample evaluate (BatchNorm with the
+  // running statistics); train_steps trains with the batch's and updates the running ones.
   void (*mlp_forward)(const Params& P, const Dims& d, const int32_t* X, int64_t N, float* logits, Exec& ex);
   // Sum of the per-example losses over N examples, evaluated in chunks (no (N, V) buffer).
   double (*mlp_loss_sum)(const Params& P, const Dims& d, const int32_t* X, const int32_t* Y, int64_t N, Exec& ex);
-  // Mean loss and its gradients (overwritten) for one batch. dropout_mask: null, or (N, H)
-  // multipliers applied to the hidden layer (0 or 1/(1-p) for inverted dropout).
+  // Mean loss and its gradients (overwritten) for one batch, in training mode (BatchNorm
+  // with the batch's statistics; the running ones are not touched). dropout_mask: null,
+  // or (N, H) multipliers applied to the last hidden layer (0 or 1/(1-p), inverted dropout).
   double (*mlp_loss_and_grad)(const Params& P, const Dims& d, const int32_t* X, const int32_t* Y, int64_t N,
                               const MutParams& grads, const float* dropout_mask, Exec& ex);
   // Runs args.steps steps in place on P. Returns the number completed: fewer when a loss

@@ -79,6 +79,14 @@ inline void embedding_backward_share(const float* d_emb, int64_t ld, const int32
 // ---------------------------------------------------------------------------
 template <bool TANH>
 inline void linear_forward_rows(const float* x, int64_t ldx, int K, const float* W, int Mp, const float* b, float* y,
+                                int64_t r0, int64_t r1);
+// y (N, Mp) = x W: the Linear without bias before a BatchNorm
+inline void linear_nobias_forward_rows(const float* x, int64_t ldx, int K, const float* W, int Mp, float* y,
+                                       int64_t r0, int64_t r1) {
+  gemm_rows<kStore>(plan(r1, Mp, K, x, ldx, 1, W, Mp, y, Mp), r0, r1);
+}
+template <bool TANH>
+inline void linear_forward_rows(const float* x, int64_t ldx, int K, const float* W, int Mp, const float* b, float* y,
                                 int64_t r0, int64_t r1) {
   gemm_rows<TANH ? kBiasTanh : kBias>(plan(r1, Mp, K, x, ldx, 1, W, Mp, y, Mp, b), r0, r1);
 }
@@ -114,12 +122,13 @@ inline void linear_backward_weight_share(const float* x, int64_t ldx, int K, con
                                          float* dW, float* db, float* W, float* b, float lr) {
   if (W) {
     gemm_share<kAccumScaled>(plan(K, Mp, (int)N, x, 1, ldx, g, Mp, W, Mp, nullptr, -lr));
-    column_sums_share(g, N, Mp, Mp, db, b, lr);
+    if (db) column_sums_share(g, N, Mp, Mp, db, b, lr);
   } else {
     gemm_share<kStore>(plan(K, Mp, (int)N, x, 1, ldx, g, Mp, dW, Mp));
-    column_sums_share(g, N, Mp, Mp, db, nullptr, 0.f);
+    if (db) column_sums_share(g, N, Mp, Mp, db, nullptr, 0.f);
   }
 }
+// (db null: a layer without bias, BatchNorm's Linear.)
 
 // This thread's share of WT (cols, ldwt) = W (rows, ldw)^T, in blocks of 8 output rows.
 // Columns of WT past `rows` are left alone (the callers zero them once).
@@ -143,6 +152,86 @@ inline void transpose_share(const float* W, int64_t ldw, int rows, int cols, flo
 // dpre (rows [r0, r1), ld) = tanh_grad(dy, y), the tanh backward on its own.
 inline void tanh_backward_rows(const float* dy, const float* y, int64_t ld, int64_t r0, int64_t r1, float* dpre) {
   for (int64_t i = r0 * ld; i < r1 * ld; i += VW) storeu(dpre + i, tanh_grad(loadu(dy + i), loadu(y + i)));
+}
+
+// ---------------------------------------------------------------------------
+// BatchNorm1d, then tanh: h (N, Hp) = tanh(gamma * xhat + beta), xhat = (pre - mean) / sqrt(var + eps)
+// ---------------------------------------------------------------------------
+// Training mode normalises with the batch's statistics: a reduction over all N rows. A
+// team shares it by columns (vectors of VW), each column summed in row order by one
+// thread, so results do not depend on the thread count; the rows' products before and
+// after are shared by rows, with a barrier between. Pad columns stay zero (gamma's and
+// beta's pads are zero). stats (3, Hp): the batch mean, the biased variance and
+// 1 / sqrt(var + eps), as torch's batch_norm keeps them for the backward pass.
+struct BatchNormStats {
+  float *mean, *var, *invstd;
+};
+
+inline void batchnorm_tanh_forward_share(const float* pre, int64_t N, int Hp, const float* gamma, const float* beta,
+                                         float eps, float* xhat, float* h, const BatchNormStats& st) {
+  int64_t b, e;
+  my_share(Hp / VW, &b, &e);
+  const vf n = splat((float)N);
+  for (int64_t v = b; v < e; ++v) {
+    const int64_t j = v * VW;
+    vf s = {};
+    for (int64_t i = 0; i < N; ++i) s += loadu(pre + i * Hp + j);
+    const vf m = s / n;
+    vf q = {};
+    for (int64_t i = 0; i < N; ++i) {
+      const vf d = loadu(pre + i * Hp + j) - m;
+      q += d * d;
+    }
+    const vf var = q / n;
+    storeu(st.mean + j, m);
+    storeu(st.var + j, var);
+    for (int u = 0; u < VW; ++u) st.invstd[j + u] = 1.f / sqrtf(st.var[j + u] + eps);
+    const vf is = loadu(st.invstd + j), g = loadu(gamma + j), be = loadu(beta + j);
+    for (int64_t i = 0; i < N; ++i) {
+      const vf xh = (loadu(pre + i * Hp + j) - m) * is;
+      storeu(xhat + i * Hp + j, xh);
+      storeu(h + i * Hp + j, tanh_v(g * xh + be));
+    }
+  }
+}
+
+// Backward of batchnorm on this thread's columns, from dy (N, Hp) = d loss / d(gamma xhat
+// + beta) (the tanh backward already applied): dgamma = sum dy xhat, dbeta = sum dy (row
+// order), dpre = gamma invstd (dy - dbeta / N - xhat dgamma / N) (torch's formula, which
+// uses the old gamma). Then either dgamma, dbeta into dgamma_out, dbeta_out, or (those
+// null) the SGD update gamma, beta -= lr (dgamma, dbeta). run_mean, run_var given: the
+// running statistics move toward the batch's, with the unbiased variance, as torch's
+// BatchNorm1d: run = (1 - momentum) run + momentum batch.
+inline void batchnorm_backward_share(const float* dy, const float* xhat, const BatchNormStats& st, int64_t N, int Hp,
+                                     float* gamma, float* beta, float* dpre, float* dgamma_out, float* dbeta_out,
+                                     float lr, float* run_mean, float* run_var, float momentum) {
+  int64_t b, e;
+  my_share(Hp / VW, &b, &e);
+  const vf n = splat((float)N);
+  for (int64_t v = b; v < e; ++v) {
+    const int64_t j = v * VW;
+    vf sg = {}, sb = {};
+    for (int64_t i = 0; i < N; ++i) {
+      const vf d = loadu(dy + i * Hp + j);
+      sb += d;
+      sg += d * loadu(xhat + i * Hp + j);
+    }
+    const vf k = loadu(gamma + j) * loadu(st.invstd + j), mb = sb / n, mg = sg / n;
+    for (int64_t i = 0; i < N; ++i)
+      storeu(dpre + i * Hp + j, (loadu(dy + i * Hp + j) - mb - loadu(xhat + i * Hp + j) * mg) * k);
+    if (dgamma_out) {
+      storeu(dgamma_out + j, sg);
+      storeu(dbeta_out + j, sb);
+    } else {
+      storeu(gamma + j, loadu(gamma + j) - splat(lr) * sg);
+      storeu(beta + j, loadu(beta + j) - splat(lr) * sb);
+    }
+    if (run_mean) {
+      const vf mo = splat(momentum), keep = splat(1.f - momentum), unbias = splat((float)N / (float)(N - 1));
+      storeu(run_mean + j, keep * loadu(run_mean + j) + mo * loadu(st.mean + j));
+      storeu(run_var + j, keep * loadu(run_var + j) + mo * (loadu(st.var + j) * unbias));
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------

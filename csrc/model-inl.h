@@ -1,63 +1,153 @@
 // The whole model in the padded layout, and the inference passes built from the layers:
 // logits of many rows, and the loss of a whole split in chunks.
 //
-//   emb    = C[X]                  (N, T*E)
-//   h      = tanh(emb @ W1 + b1)   (N, Hp)
-//   logits = h @ W2 + b2           (N, Vp)
+//   emb    = C[X]                          (N, T*E)
+//   h_0    = tanh(emb @ W[0] + b[0])        (N, Hp)    hidden layer 1
+//   h_l    = tanh(h_{l-1} @ W[l] + b[l])    (N, Hp)    hidden layers 2..L
+//   logits = h_{L-1} @ W[L] + b[L]          (N, Vp)
+// Under BatchNorm, h_l = tanh(BN(x W[l])); evaluation folds BN into W[l], b[l] (PaddedCopy).
 
 struct Layout {
   int V, T, E, H, TE, Hp, Vp, TEp;
+  int L;        // hidden layers
+  bool bn;      // BatchNorm after each hidden Linear
+  float eps, momentum;
+  int fan_in(int l) const { return l == 0 ? TE : H; }         // rows of W[l] (the output layer's: H)
+  int64_t ld_in(int l) const { return l == 0 ? TE : Hp; }     // row length of layer l's input
+  int Kp(int l) const { return l == 0 ? TEp : Hp; }           // row length of W[l]^T
+  int64_t macs_per_row() const { return (int64_t)TE * H + (int64_t)(L - 1) * H * H + (int64_t)H * V; }
 };
 inline Layout layout_of(const Dims& d) {
-  return {d.V, d.T, d.E, d.H, d.T * d.E, round_up(d.H, VW), round_up(d.V, VW), round_up(d.T * d.E, VW)};
+  return {d.V, d.T, d.E, d.H, d.T * d.E, round_up(d.H, VW), round_up(d.V, VW), round_up(d.T * d.E, VW),
+          d.L, d.bn != 0, d.bn_eps, d.bn_momentum};
 }
 
-// The parameters (or gradients, or optimizer state) in the padded layout. C is never
-// padded: a gather reads E floats.
-struct PadWeights {
-  float* C;   // (V, E)
-  float* W1;  // (TE, Hp)
-  float* b1;  // (Hp,)
-  float* W2;  // (H, Vp)
-  float* b2;  // (Vp,)
-};
+// The parameters (or gradients, or optimizer state) in the padded layout: a MutParams
+// whose W[l], b[l], gamma[l], beta[l] rows are Hp (Vp for the output layer) long. C is
+// never padded: a gather reads E floats.
+typedef MutParams PadWeights;
 
-// Owns a padded W1, b1, W2, b2 (and, if asked, its own C).
+// One tensor of the parameters' order: its shape, and its row length when padded.
+struct Tensor {
+  int64_t rows;
+  int cols, ld;
+};
+constexpr int kMaxTensors = 1 + 3 * kMaxLayers + 2;
+
+// The trainable tensors of w in the parameters' order (kernels.h): where each pointer
+// lives, and its shape. Returns their number.
+inline int param_tensors(PadWeights& w, const Layout& L, float** ptr[kMaxTensors], Tensor sh[kMaxTensors]) {
+  int n = 0;
+  auto add = [&](float** p, int64_t rows, int cols, int ld) {
+    ptr[n] = p;
+    sh[n] = {rows, cols, ld};
+    ++n;
+  };
+  add(&w.C, L.V, L.E, L.E);
+  for (int l = 0; l < L.L; ++l) {
+    add(&w.W[l], L.fan_in(l), L.H, L.Hp);
+    if (L.bn) {
+      add(&w.gamma[l], 1, L.H, L.Hp);
+      add(&w.beta[l], 1, L.H, L.Hp);
+    } else {
+      add(&w.b[l], 1, L.H, L.Hp);
+    }
+  }
+  add(&w.W[L.L], L.H, L.V, L.Vp);
+  add(&w.b[L.L], 1, L.V, L.Vp);
+  return n;
+}
+inline MutParams mut_of(const Params& P) {
+  MutParams m;
+  memcpy(&m, &P, sizeof m);  // the same layout of pointers
+  return m;
+}
+inline size_t vec_round(size_t n) { return (n + 15) / 16 * 16; }  // each tensor starts on a cache line
+
+// Owns a padded copy of the parameters (C used in place, or its own C) and, under
+// BatchNorm, of the running statistics.
 struct PaddedCopy {
-  Buf c, w1, b1, w2, b2;
+  Buf buf;
   PadWeights w;
   // From the caller's arrays; C is used in place (train_steps updates the caller's C).
-  PaddedCopy(const Params& P, const Layout& L) {
-    alloc(L, false);
-    w.C = const_cast<float*>(P.C);  // written only by train_steps, whose caller passed it writable
-    copy_pad(P.W1, L.H, L.TE, L.H, w.W1, L.Hp);
-    copy_pad(P.b1, L.H, 1, L.H, w.b1, L.Hp);
-    copy_pad(P.W2, L.V, L.H, L.V, w.W2, L.Vp);
-    copy_pad(P.b2, L.V, 1, L.V, w.b2, L.Vp);
+  // eval: BatchNorm folded into the hidden layers for evaluation, W[l] columns times
+  // s = gamma / sqrt(running_var + eps) and b[l] = beta - running_mean * s (the linear map
+  // torch's eval-mode batch_norm applies), so inference runs the plain layers.
+  PaddedCopy(const Params& P, const Layout& L, bool eval = false) {
+    MutParams src = mut_of(P);
+    alloc(L, false, eval);
+    w.C = src.C;  // written only by train_steps, whose caller passed it writable
+    float** sp[kMaxTensors];
+    float** dp[kMaxTensors];
+    Tensor sh[kMaxTensors];
+    const int n = param_tensors(src, L, sp, sh);
+    param_tensors(w, L, dp, sh);
+    for (int k = 1; k < n; ++k) copy_pad(*sp[k], sh[k].cols, sh[k].rows, sh[k].cols, *dp[k], sh[k].ld);
+    if (L.bn && P.run_mean[0]) {
+      for (int l = 0; l < L.L; ++l) {
+        copy_pad(P.run_mean[l], L.H, 1, L.H, w.run_mean[l], L.Hp);
+        copy_pad(P.run_var[l], L.H, 1, L.H, w.run_var[l], L.Hp);
+      }
+    }
+    if (eval && L.bn)
+      for (int l = 0; l < L.L; ++l) {
+        float* Wl = w.W[l];
+        float* bl = w.b[l];
+        memset(bl, 0, sizeof(float) * L.Hp);
+        for (int j = 0; j < L.H; ++j) {
+          const float s = (float)((double)P.gamma[l][j] / sqrt((double)P.run_var[l][j] + (double)L.eps));
+          bl[j] = P.beta[l][j] - P.run_mean[l][j] * s;
+          for (int k = 0; k < L.fan_in(l); ++k) Wl[(int64_t)k * L.Hp + j] *= s;
+        }
+      }
   }
   // All zero, C included (for gradients).
   explicit PaddedCopy(const Layout& L) {
-    alloc(L, true);
-    memset(w.C, 0, sizeof(float) * L.V * L.E);
-    memset(w.W1, 0, sizeof(float) * L.TE * L.Hp);
-    memset(w.b1, 0, sizeof(float) * L.Hp);
-    memset(w.W2, 0, sizeof(float) * L.H * L.Vp);
-    memset(w.b2, 0, sizeof(float) * L.Vp);
+    alloc(L, true, false);
+    memset(buf.p, 0, sizeof(float) * buf.cap);
   }
-  void alloc(const Layout& L, bool own_C) {
-    if (own_C) w.C = c.get((size_t)L.V * L.E);
-    w.W1 = w1.get((size_t)L.TE * L.Hp);
-    w.b1 = b1.get(L.Hp);
-    w.W2 = w2.get((size_t)L.H * L.Vp);
-    w.b2 = b2.get(L.Vp);
+  void alloc(const Layout& L, bool own_C, bool eval) {
+    memset(&w, 0, sizeof w);
+    float** dp[kMaxTensors];
+    Tensor sh[kMaxTensors];
+    const int n = param_tensors(w, L, dp, sh);
+    size_t total = 0;
+    for (int k = own_C ? 0 : 1; k < n; ++k) total += vec_round((size_t)sh[k].rows * sh[k].ld);
+    const bool fold = eval && L.bn;
+    const size_t extra = L.bn ? (size_t)L.L * vec_round(L.Hp) * (fold ? 3 : 2) : 0;  // running stats (+ folded b)
+    float* p = buf.get(total + extra);
+    for (int k = own_C ? 0 : 1; k < n; ++k) {
+      *dp[k] = p;
+      p += vec_round((size_t)sh[k].rows * sh[k].ld);
+    }
+    if (L.bn)
+      for (int l = 0; l < L.L; ++l) {
+        w.run_mean[l] = p;
+        p += vec_round(L.Hp);
+        w.run_var[l] = p;
+        p += vec_round(L.Hp);
+        if (fold) {
+          w.b[l] = p;
+          p += vec_round(L.Hp);
+        }
+      }
   }
-  // W1, b1, W2, b2 (and C if it is our own) back into the caller's layout.
-  void copy_out(const Layout& L, const MutParams& out) const {
-    copy_unpad(w.W1, L.Hp, L.TE, L.H, out.W1);
-    copy_unpad(w.b1, L.Hp, 1, L.H, out.b1);
-    copy_unpad(w.W2, L.Vp, L.H, L.V, out.W2);
-    copy_unpad(w.b2, L.Vp, 1, L.V, out.b2);
+  // The parameters (and C if it is our own, and the running statistics where both have
+  // them) back into the caller's layout.
+  void copy_out(const Layout& L, const MutParams& out_) const {
+    MutParams out = out_, mine = w;
+    float** sp[kMaxTensors];
+    float** dp[kMaxTensors];
+    Tensor sh[kMaxTensors];
+    const int n = param_tensors(mine, L, sp, sh);
+    param_tensors(out, L, dp, sh);
+    for (int k = 1; k < n; ++k) copy_unpad(*sp[k], sh[k].ld, sh[k].rows, sh[k].cols, *dp[k]);
     if (w.C != out.C) memcpy(out.C, w.C, sizeof(float) * L.V * L.E);
+    if (L.bn && out.run_mean[0])
+      for (int l = 0; l < L.L; ++l) {
+        copy_unpad(w.run_mean[l], L.Hp, 1, L.H, out.run_mean[l]);
+        copy_unpad(w.run_var[l], L.Hp, 1, L.H, out.run_var[l]);
+      }
   }
 };
 
@@ -66,10 +156,11 @@ constexpr int64_t kChunk = 256;
 
 // One thread's buffers for the forward pass of up to kChunk rows.
 struct ForwardWork {
-  Buf emb, h, logits, loss;
+  Buf emb, h, h2, logits, loss;
   void prepare(const Layout& L, int64_t n) {
     emb.get((size_t)(n * L.TE));
     h.get((size_t)(n * L.Hp));
+    if (L.L > 1) h2.get((size_t)(n * L.Hp));
     logits.get((size_t)(n * L.Vp));
     loss.get((size_t)n);
   }
@@ -92,26 +183,29 @@ struct ForwardTeamWork {
   ForwardWork& mine() { return ws[team_rank()]; }
 };
 
-// Padded logits (n, Vp) of rows X (n, T), on this thread; returns ws.logits.
+// Padded logits (n, Vp) of rows X (n, T), on this thread; returns ws.logits. W: an eval copy.
 inline float* forward_rows(const PadWeights& W, const Layout& L, const int32_t* X, int64_t n, ForwardWork& ws,
                            Exec& ex) {
   float* emb = ws.emb.p;
-  float* h = ws.h.p;
   float* logits = ws.logits.p;
   embedding_forward_rows(W.C, L.V, L.E, X, L.T, 0, n, emb, ex);
-  linear_forward_rows<true>(emb, L.TE, L.TE, W.W1, L.Hp, W.b1, h, 0, n);
-  linear_forward_rows<false>(h, L.Hp, L.H, W.W2, L.Vp, W.b2, logits, 0, n);
+  const float* x = emb;
+  for (int l = 0; l < L.L; ++l) {  // the hidden layers, h alternating between two buffers
+    float* h = l % 2 ? ws.h2.p : ws.h.p;
+    linear_forward_rows<true>(x, L.ld_in(l), L.fan_in(l), W.W[l], L.Hp, W.b[l], h, 0, n);
+    x = h;
+  }
+  linear_forward_rows<false>(x, L.Hp, L.H, W.W[L.L], L.Vp, W.b[L.L], logits, 0, n);
   return logits;
 }
 
 inline bool parallel_rows(int64_t N, const Layout& L, const Exec& ex) {
-  const int64_t macs_per_row = (int64_t)L.TE * L.H + (int64_t)L.H * L.V;
-  return ex.threads > 1 && N > kChunk && N * macs_per_row >= kParallelMacs;
+  return ex.threads > 1 && N > kChunk && N * L.macs_per_row() >= kParallelMacs;
 }
 
 void mlp_forward(const Params& P, const Dims& d, const int32_t* X, int64_t N, float* logits, Exec& ex) {
   const Layout L = layout_of(d);
-  const PaddedCopy M(P, L);
+  const PaddedCopy M(P, L, /*eval=*/true);
   ForwardTeamWork team(L, ex.threads, kChunk);
   const int64_t chunks = (N + kChunk - 1) / kChunk;
 #ifdef _OPENMP
@@ -128,7 +222,7 @@ void mlp_forward(const Params& P, const Dims& d, const int32_t* X, int64_t N, fl
 // order: the same for any thread count. No (N, V) buffer.
 double mlp_loss_sum(const Params& P, const Dims& d, const int32_t* X, const int32_t* Y, int64_t N, Exec& ex) {
   const Layout L = layout_of(d);
-  const PaddedCopy M(P, L);
+  const PaddedCopy M(P, L, /*eval=*/true);
   ForwardTeamWork team(L, ex.threads, kChunk);
   const int64_t chunks = (N + kChunk - 1) / kChunk;
   Buf partial_buf;

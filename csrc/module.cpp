@@ -145,23 +145,27 @@ PYBIND11_MODULE(_core, m) {
         py::arg("beta2") = 0.999, py::arg("eps") = 1e-8, py::arg("weight_decay") = 0.01, py::kw_only(), T,
         "One torch.optim.AdamW step (1-based number `step`) on p, in place.");
 
-  m.def("mlp_forward", &mlp_forward, py::arg("params"), py::arg("X"), py::kw_only(), T,
-        "logits (N, V) of the whole model; params = (C, W1, b1, W2, b2).");
-  m.def("mlp_loss", &mlp_loss, py::arg("params"), py::arg("X"), py::arg("Y"), py::kw_only(), T,
-        "Mean loss over all N examples, evaluated in chunks.");
+  const auto BN = py::arg("batchnorm") = py::none();
+  m.def("mlp_forward", &mlp_forward, py::arg("params"), py::arg("X"), py::kw_only(), BN, T,
+        "logits (N, V) of the whole model in evaluation mode; params = (C, W1, b1, ..., W{L+1}, b{L+1}) (the "
+        "lecture's (C, W1, b1, W2, b2)), or under BatchNorm (C, W1, gamma1, beta1, ..., W{L+1}, b{L+1}) with "
+        "batchnorm = (running_mean, running_var, eps, momentum), two sequences of L arrays (H,).");
+  m.def("mlp_loss", &mlp_loss, py::arg("params"), py::arg("X"), py::arg("Y"), py::kw_only(), BN, T,
+        "Mean loss over all N examples in evaluation mode, evaluated in chunks.");
   m.def("mlp_loss_and_grad", &mlp_loss_and_grad, py::arg("params"), py::arg("X"), py::arg("Y"),
-        py::arg("dropout_mask") = py::none(), py::kw_only(), T,
-        "(loss, (dC, dW1, db1, dW2, db2)) for one batch; dropout_mask: optional (N, H) multipliers on the hidden "
+        py::arg("dropout_mask") = py::none(), py::kw_only(), BN, T,
+        "(loss, gradients in the parameters' order) for one batch in training mode (BatchNorm with the batch's "
+        "statistics; the running ones untouched); dropout_mask: optional (N, H) multipliers on the last hidden "
         "layer.");
   m.def("train_steps", &train_steps, py::arg("params"), py::arg("X"), py::arg("Y"), py::arg("lrs"), py::kw_only(),
         py::arg("batch_size") = py::none(), py::arg("rng_state") = py::none(), py::arg("batches") = py::none(),
         py::arg("optimizer") = py::none(), py::arg("dropout") = 0.0, py::arg("dropout_seed") = 0,
         py::arg("step0") = 0, T, py::arg("stop") = py::none(), py::arg("profile") = py::none(),
-        py::arg("diag") = py::none(),
+        py::arg("diag") = py::none(), BN,
         "Runs len(lrs) steps in place on params (GIL released). Minibatches of batch_size are drawn with rng_state "
         "(advanced in place), or given as batches (steps, B) int64. optimizer: None (SGD fused into the products) or "
-        "a fastmlp.optim optimizer, whose state and step are updated. dropout: inverted dropout on the hidden "
-        "layer, masks from (dropout_seed, step0 + step). stop: an int32 array (1,) polled between steps; nonzero "
+        "a fastmlp.optim optimizer, whose state and step are updated. batchnorm: as mlp_forward's; its running "
+        "statistics are updated in place. dropout: inverted dropout on the last hidden layer, masks from (dropout_seed, step0 + step). stop: an int32 array (1,) polled between steps; nonzero "
         "returns early. profile: a float64 array (threads, 2) that receives, per thread, the seconds spent in the "
         "team's barriers and in the whole loop. diag: (out, bins, pre_range, sat, act, every) records the diagnostics of "
         "every step whose global index step0 + s is a multiple of every, the k-th in row k of out (float64, "
@@ -170,10 +174,11 @@ PYBIND11_MODULE(_core, m) {
   m.def("dropout_mask", &dropout_mask, py::arg("seed"), py::arg("step"), py::arg("B"), py::arg("H"), py::arg("p"),
         "The (B, H) dropout multipliers train_steps uses at global step `step`.");
   m.def("sample", &sample, py::arg("params"), py::arg("n"), py::arg("max_len"), py::arg("seed"),
-        py::arg("temperature") = 1.0, py::arg("top_k") = 0, py::kw_only(), T,
+        py::arg("temperature") = 1.0, py::arg("top_k") = 0, py::kw_only(), BN, T,
         "n words as int32 (n, max_len) character indices, each ended by 0 ('.') unless max_len was reached.");
   m.def("fma_peak_gflops", &fma_peak_gflops, py::arg("threads") = 1, py::arg("seconds") = 0.2,
         "Measured FMA peak of the active kernel build on this many threads (GFLOP/s), for benchmarks.");
+  m.attr("MAX_LAYERS") = (int)kMaxLayers;  // hidden layers at most
   m.attr("DIAG_FIXED") = (int)kDiagFixed;  // a diagnostics record: DIAG_FIXED + 3 * bins doubles (kernels.h)
   m.def("rng_state", &rng_state, py::arg("seed"), "A fresh xoshiro256** state (4,) uint64 for train_steps.");
 }

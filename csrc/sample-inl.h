@@ -54,7 +54,7 @@ inline int32_t draw_char(const float* z, int V, const SampleArgs& a, float* prob
 
 void sample(const Params& P, const Dims& d, const SampleArgs& a, Exec& ex) {
   const Layout L = layout_of(d);
-  const PaddedCopy M(P, L);
+  const PaddedCopy M(P, L, /*eval=*/true);
   const int64_t batches = (a.n_samples + kSampleBatch - 1) / kSampleBatch;
   const int threads = batches > 1 ? ex.threads : 1;
   SampleWork* work = new SampleWork[threads];

@@ -4,31 +4,57 @@
 
 // Workspace of one step, reused across steps; allocated before any parallel region.
 struct StepWork {
-  Buf b_emb, b_h, b_logits, b_dlogits, b_dpre, b_demb, b_w1t, b_w2t, b_dC, b_loss, b_X[2], b_Y[2], b_ix, b_hd, b_dt,
-      b_colsum;
-  float *emb, *h, *logits, *dlogits, *dpre, *demb, *w1t, *w2t, *dC, *row_loss;
-  float* colsum;           // the bias gradients' column sums when the update is fused, (Vp + Hp)
+  Buf b_emb, b_h, b_logits, b_dlogits, b_dpre, b_demb, b_wt, b_dC, b_loss, b_X[2], b_Y[2], b_ix, b_hd, b_dt,
+      b_colsum, b_pre, b_xhat, b_dy, b_stats;
+  float *emb, *logits, *dlogits, *demb, *dC, *row_loss;
+  float* h[kMaxLayers];     // each hidden layer's output (B, Hp)
+  float* dpre[kMaxLayers];  // d(loss)/d(its pre-activation: x W[l] + b[l]) (B, Hp)
+  float* wt[kMaxLayers + 1];  // W[l]^T (H, Kp(l)); the output layer's (V, Hp)
+  float *pre[kMaxLayers], *xhat[kMaxLayers];  // BatchNorm: x W[l] and the normalised (B, Hp)
+  BatchNormStats stats[kMaxLayers];           // BatchNorm: the batch's statistics (Hp each)
+  float* dy;               // BatchNorm: d(loss)/d(its output), one layer at a time (B, Hp)
+  bool bn_update = false;  // BatchNorm: move the running statistics (train_steps)
+  float* colsum;           // the bias gradients' column sums when the update is fused, (Vp + L Hp)
   float *hd, *dt;          // dropout: h * mask and mask * (1 - h^2), (B, Hp)
   int32_t *Xb[2], *Yb[2];  // two batches: the next one is drawn while the current one is finished
   int64_t* ix;             // the example indices of a batch
   Barrier bar;             // the team's
   void prepare(const Layout& L, int64_t B) {
     bar = Barrier{};
+    const size_t bh = (size_t)(B * L.Hp);
     emb = b_emb.get((size_t)(B * L.TE));          // (B, TE)
-    h = b_h.get((size_t)(B * L.Hp));              // (B, Hp)
     logits = b_logits.get((size_t)(B * L.Vp));    // (B, Vp)
     dlogits = b_dlogits.get((size_t)(B * L.Vp));  // (B, Vp)
-    dpre = b_dpre.get((size_t)(B * L.Hp));        // d(loss)/d(pre-activation), (B, Hp)
     demb = b_demb.get((size_t)(B * L.TEp));       // (B, TEp)
-    w1t = b_w1t.get((size_t)L.H * L.TEp);         // W1^T (H, TEp)
-    w2t = b_w2t.get((size_t)L.V * L.Hp);          // W2^T (V, Hp)
-    memset(w1t, 0, sizeof(float) * L.H * L.TEp);  // pad columns: zero for good, transposes skip them
-    memset(w2t, 0, sizeof(float) * L.V * L.Hp);
+    float* hs = b_h.get(bh * L.L);
+    float* ds = b_dpre.get(bh * L.L);
+    size_t wt_size = (size_t)L.V * L.Hp;
+    for (int l = 0; l < L.L; ++l) wt_size += (size_t)L.H * L.Kp(l);
+    float* w = b_wt.get(wt_size);
+    memset(w, 0, sizeof(float) * wt_size);  // pad columns: zero for good, transposes skip them
+    for (int l = 0; l < L.L; ++l) {
+      h[l] = hs + l * bh;
+      dpre[l] = ds + l * bh;
+      wt[l] = w;
+      w += (size_t)L.H * L.Kp(l);
+    }
+    wt[L.L] = w;
+    if (L.bn) {
+      float* ps = b_pre.get(bh * L.L);
+      float* xs = b_xhat.get(bh * L.L);
+      float* ss = b_stats.get((size_t)3 * L.Hp * L.L);
+      for (int l = 0; l < L.L; ++l) {
+        pre[l] = ps + l * bh;
+        xhat[l] = xs + l * bh;
+        stats[l] = {ss + (3 * l) * L.Hp, ss + (3 * l + 1) * L.Hp, ss + (3 * l + 2) * L.Hp};
+      }
+      dy = b_dy.get(bh);
+    }
     dC = b_dC.get((size_t)L.V * L.E);
     row_loss = b_loss.get((size_t)B);
-    colsum = b_colsum.get((size_t)(L.Vp + L.Hp));
-    hd = b_hd.get((size_t)(B * L.Hp));
-    dt = b_dt.get((size_t)(B * L.Hp));
+    colsum = b_colsum.get((size_t)(L.Vp + L.L * L.Hp));
+    hd = b_hd.get(bh);
+    dt = b_dt.get(bh);
     ix = b_ix.get_as<int64_t>((size_t)B);
     for (int i = 0; i < 2; ++i) {
       Xb[i] = b_X[i].get_as<int32_t>((size_t)(B * L.T));
@@ -39,64 +65,102 @@ struct StepWork {
 
 // Forward and backward of one batch (Yb, with ws.emb gathered), run by every thread of
 // the current team (or one thread outside a team). Each thread owns a contiguous range
-// of the batch's rows and takes them through the forward pass, the loss and the
-// row-wise backward products without waiting for the others; the weight gradients,
-// which sum over all rows, are shared out by weight rows. Two barriers.
+// of the batch's rows and takes them through every layer's forward pass, the loss and
+// the row-wise backward products without waiting for the others; the weight gradients,
+// which sum over all rows, are shared out by weight rows. Two barriers (and two more a
+// layer under BatchNorm, whose statistics need every row: batchnorm_*_share).
 // G given: gradients go to G. G null: the SGD update W -= lr * grad is fused into the
 // weight-gradient products. Returns the mean loss (the same on every thread); if it is
 // not finite nothing is updated. On return this thread's share of the weight products
 // is done, not necessarily the others'; demb (all rows) is complete. dg given (a
-// diagnostic step): its buffers are filled on the way (diag-inl.h).
+// diagnostic step, one hidden layer): its buffers are filled on the way (diag-inl.h).
 double step_team(const PadWeights& W, const PadWeights* G, float lr, const Layout& L, int64_t B, const int32_t* Yb,
                  StepWork& ws, const Dropout& dr, Exec& ex, StepDiag* dg = nullptr) {
-  const int TE = L.TE, H = L.H, V = L.V, Hp = L.Hp, Vp = L.Vp, TEp = L.TEp;
+  const int H = L.H, V = L.V, Hp = L.Hp, Vp = L.Vp, n = L.L;
   int64_t r0, r1;
   my_share(B, &r0, &r1);
-  linear_forward_rows<true>(ws.emb, TE, TE, W.W1, Hp, W.b1, ws.h, r0, r1);  // h = tanh(emb W1 + b1)
+  const float* x = ws.emb;  // layer l's input rows
+  for (int l = 0; l < n; ++l) {
+    if (!L.bn) {
+      linear_forward_rows<true>(x, L.ld_in(l), L.fan_in(l), W.W[l], Hp, W.b[l], ws.h[l], r0, r1);  // tanh(x W + b)
+    } else {  // tanh(BN(x W)): the statistics need every row
+      linear_nobias_forward_rows(x, L.ld_in(l), L.fan_in(l), W.W[l], Hp, ws.pre[l], r0, r1);
+      team_barrier(ws.bar);
+      batchnorm_tanh_forward_share(ws.pre[l], B, Hp, W.gamma[l], W.beta[l], L.eps, ws.xhat[l], ws.h[l],
+                                   ws.stats[l]);
+      team_barrier(ws.bar);
+    }
+    x = ws.h[l];
+  }
   if (dg) {
-    linear_forward_rows<false>(ws.emb, TE, TE, W.W1, Hp, W.b1, dg->pre, r0, r1);  // the pre-activations
+    linear_forward_rows<false>(ws.emb, L.TE, L.TE, W.W[0], Hp, W.b[0], dg->pre, r0, r1);  // the pre-activations
     if (team_rank() == 0) copy_weights(W, dg->before->w, L);  // nothing is updated before the barrier
   }
-  const float* hout = ws.h;                                                 // what the output layer sees
+  const float* hout = ws.h[n - 1];  // what the output layer sees
   if (dr.on()) {
-    dropout_rows(dr, ws.h, H, Hp, r0, r1, ws.hd, ws.dt);
+    dropout_rows(dr, hout, H, Hp, r0, r1, ws.hd, ws.dt);
     hout = ws.hd;
   }
-  linear_forward_rows<false>(hout, Hp, H, W.W2, Vp, W.b2, ws.logits, r0, r1);  // logits = h W2 + b2
+  linear_forward_rows<false>(hout, Hp, H, W.W[n], Vp, W.b[n], ws.logits, r0, r1);  // logits = h W + b
   xent_rows(ws.logits, Vp, Yb, V, r0, r1, ws.dlogits, 1.0f / (float)B, ws.row_loss, ex);
   // and a share of the transposed weights the backward pass reads, made before any update
-  transpose_share(W.W2, Vp, H, V, ws.w2t, Hp);
-  transpose_share(W.W1, Hp, TE, H, ws.w1t, TEp);
+  transpose_share(W.W[n], Vp, H, V, ws.wt[n], Hp);
+  for (int l = n - 1; l >= 0; --l) transpose_share(W.W[l], Hp, L.fan_in(l), H, ws.wt[l], L.Kp(l));
   team_barrier(ws.bar);
   double loss = 0.0;  // every thread sums the same numbers in the same order
   for (int64_t i = 0; i < B; ++i) loss += ws.row_loss[i];
   loss /= (double)B;
   if (!__builtin_isfinite(loss)) return loss;
 
-  // this thread's rows: dpre = tanh_grad(dlogits W2^T, h) [through the mask]; demb = dpre W1^T
-  if (dr.on())
-    linear_backward_input_rows<kMul>(ws.dlogits, Vp, V, ws.w2t, Hp, ws.dpre, ws.dt, r0, r1);
-  else
-    linear_backward_input_rows<kTanhGrad>(ws.dlogits, Vp, V, ws.w2t, Hp, ws.dpre, ws.h, r0, r1);
-  linear_backward_input_rows<kStore>(ws.dpre, Hp, H, ws.w1t, TEp, ws.demb, nullptr, r0, r1);
+  // this thread's rows, layer by layer down: dpre[l] = tanh_grad(g W[l+1]^T, h[l]) [through
+  // the mask] (then through BatchNorm, by columns); demb = dpre[0] W[0]^T
+  const float* g = ws.dlogits;
+  int64_t ldg = Vp;
+  int M = V;
+  for (int l = n - 1; l >= 0; --l) {
+    float* out = L.bn ? ws.dy : ws.dpre[l];
+    if (l == n - 1 && dr.on())
+      linear_backward_input_rows<kMul>(g, ldg, M, ws.wt[l + 1], Hp, out, ws.dt, r0, r1);
+    else
+      linear_backward_input_rows<kTanhGrad>(g, ldg, M, ws.wt[l + 1], Hp, out, ws.h[l], r0, r1);
+    if (L.bn) {
+      team_barrier(ws.bar);
+      batchnorm_backward_share(ws.dy, ws.xhat[l], ws.stats[l], B, Hp, W.gamma[l], W.beta[l], ws.dpre[l],
+                               G ? G->gamma[l] : nullptr, G ? G->beta[l] : nullptr, lr,
+                               ws.bn_update ? W.run_mean[l] : nullptr, ws.bn_update ? W.run_var[l] : nullptr,
+                               L.momentum);
+      team_barrier(ws.bar);
+    }
+    g = ws.dpre[l];
+    ldg = Hp;
+    M = H;
+  }
+  linear_backward_input_rows<kStore>(ws.dpre[0], Hp, H, ws.wt[0], L.TEp, ws.demb, nullptr, r0, r1);
   if (dg) {
-    linear_backward_input_rows<kStore>(ws.dlogits, Vp, V, ws.w2t, Hp, dg->dh, nullptr, r0, r1);
-    diag_rows(*dg, L, ws.h, r0, r1);  // the statistics epilogue of this thread's rows
+    linear_backward_input_rows<kStore>(ws.dlogits, Vp, V, ws.wt[1], Hp, dg->dh, nullptr, r0, r1);
+    diag_rows(*dg, L, ws.h[0], r0, r1);  // the statistics epilogue of this thread's rows
   }
   const PadWeights* DG = dg && !G ? &dg->grad->w : nullptr;  // a fused step's gradients, kept too
-  if (DG) linear_backward_weight_share(hout, Hp, H, ws.dlogits, Vp, B, DG->W2, DG->b2, nullptr, nullptr, 0.f);
-  // the weights, which need every row: W2 now, W1 once all of dpre is there
+  if (DG) linear_backward_weight_share(hout, Hp, H, ws.dlogits, Vp, B, DG->W[n], DG->b[n], nullptr, nullptr, 0.f);
+  // the weights, which need every row: the output layer's now, the hidden ones' once all of dpre is there
   if (G)
-    linear_backward_weight_share(hout, Hp, H, ws.dlogits, Vp, B, G->W2, G->b2, nullptr, nullptr, 0.f);
+    linear_backward_weight_share(hout, Hp, H, ws.dlogits, Vp, B, G->W[n], G->b[n], nullptr, nullptr, 0.f);
   else
-    linear_backward_weight_share(hout, Hp, H, ws.dlogits, Vp, B, nullptr, ws.colsum, W.W2, W.b2, lr);
+    linear_backward_weight_share(hout, Hp, H, ws.dlogits, Vp, B, nullptr, ws.colsum, W.W[n], W.b[n], lr);
   team_barrier(ws.bar);
   if (dg) diag_grad_rows(*dg, L, B, r0, r1);  // every row's max |dh| is known now
-  if (DG) linear_backward_weight_share(ws.emb, TE, TE, ws.dpre, Hp, B, DG->W1, DG->b1, nullptr, nullptr, 0.f);
-  if (G)
-    linear_backward_weight_share(ws.emb, TE, TE, ws.dpre, Hp, B, G->W1, G->b1, nullptr, nullptr, 0.f);
-  else
-    linear_backward_weight_share(ws.emb, TE, TE, ws.dpre, Hp, B, nullptr, ws.colsum + Vp, W.W1, W.b1, lr);
+  for (int l = n - 1; l >= 0; --l) {
+    const float* xl = l == 0 ? ws.emb : ws.h[l - 1];
+    const int64_t ldx = L.ld_in(l);
+    const int K = L.fan_in(l);
+    if (DG) linear_backward_weight_share(xl, ldx, K, ws.dpre[l], Hp, B, DG->W[l], DG->b[l], nullptr, nullptr, 0.f);
+    if (G)
+      linear_backward_weight_share(xl, ldx, K, ws.dpre[l], Hp, B, G->W[l], L.bn ? nullptr : G->b[l], nullptr,
+                                   nullptr, 0.f);
+    else
+      linear_backward_weight_share(xl, ldx, K, ws.dpre[l], Hp, B, nullptr,
+                                   L.bn ? nullptr : ws.colsum + Vp + (int64_t)l * Hp, W.W[l], W.b[l], lr);
+  }
   return loss;
 }
 
@@ -147,26 +211,34 @@ inline Dropout step_dropout(const TrainArgs& a, int64_t s) {
 // One optimizer step on every parameter tensor (padded layout), shared out over the team.
 inline void optimizer_share(const Optimizer& o, const PadWeights& W, const PadWeights& G, const PadWeights& S0,
                             const PadWeights* S1, const Layout& L, float lr, int64_t t) {
-  float* const p[5] = {W.C, W.W1, W.b1, W.W2, W.b2};
-  float* const g[5] = {G.C, G.W1, G.b1, G.W2, G.b2};
-  float* const s0[5] = {S0.C, S0.W1, S0.b1, S0.W2, S0.b2};
-  const int64_t n[5] = {(int64_t)L.V * L.E, (int64_t)L.TE * L.Hp, L.Hp, (int64_t)L.H * L.Vp, L.Vp};
-  for (int k = 0; k < 5; ++k) {
-    float* s1 = S1 ? (k == 0 ? S1->C : k == 1 ? S1->W1 : k == 2 ? S1->b1 : k == 3 ? S1->W2 : S1->b2) : nullptr;
+  PadWeights w = W, g = G, s0 = S0, s1 = S1 ? *S1 : S0;
+  float **p[kMaxTensors], **pg[kMaxTensors], **ps0[kMaxTensors], **ps1[kMaxTensors];
+  Tensor sh[kMaxTensors];
+  const int count = param_tensors(w, L, p, sh);
+  param_tensors(g, L, pg, sh);
+  param_tensors(s0, L, ps0, sh);
+  param_tensors(s1, L, ps1, sh);
+  for (int k = 0; k < count; ++k) {
+    const int64_t n = sh[k].rows * sh[k].ld;
     int64_t i0, i1;
-    block_share(n[k], &i0, &i1);
-    if (i1 > i0) optimizer_rule(o, p[k] + i0, g[k] + i0, s0[k] + i0, s1 ? s1 + i0 : nullptr, i1 - i0, lr, t);
+    block_share(n, &i0, &i1);
+    if (i1 > i0)
+      optimizer_rule(o, *p[k] + i0, *pg[k] + i0, *ps0[k] + i0, S1 ? *ps1[k] + i0 : nullptr, i1 - i0, lr, t);
   }
 }
 
-inline Params params_of(const MutParams& p) { return {p.C, p.W1, p.b1, p.W2, p.b2}; }
+inline Params params_of(const MutParams& p) {
+  Params q;
+  memcpy(&q, &p, sizeof q);  // the same layout of pointers
+  return q;
+}
 
 // Batches with at least this many multiply-adds a step run on a team (measured on 2
 // cores: the lecture's 1.1M already gains).
 constexpr int64_t kTeamMacs = 1 << 19;
 
 inline bool use_team(const Layout& L, int64_t B, const Exec& ex) {
-  const int64_t macs = 3 * B * ((int64_t)L.TE * L.H + (int64_t)L.H * L.V);
+  const int64_t macs = 3 * B * L.macs_per_row();
   return ex.threads > 1 && macs >= kTeamMacs;
 }
 
@@ -222,6 +294,7 @@ int64_t train_steps(const MutParams& P, const Dims& d, const TrainArgs& a, Exec&
   StepWork ws;
   const int64_t B = a.batch_size;
   ws.prepare(L, B);
+  ws.bn_update = true;
   ws.bar.profile = ex.profile;
   StepDiag diag;  // the diagnostic steps' buffers, if asked
   if (a.diag) diag.prepare(a.diag, L, B, /*fused=*/G == nullptr, use_team(L, B, ex) ? ex.threads : 1);
@@ -275,7 +348,7 @@ int64_t train_steps(const MutParams& P, const Dims& d, const TrainArgs& a, Exec&
         if (team_rank() == 0) {
           PadWeights g = G ? G->w : diag.grad->w;
           if (!G) g.C = ws.dC;  // the fused step's embedding gradient
-          diag_record(diag, L, B, loss, ws.h, M.w, g, recorded);
+          diag_record(diag, L, B, loss, ws.h[0], M.w, g, recorded);
           ++recorded;
         }
         team_barrier(ws.bar);

@@ -59,7 +59,7 @@ def int_arg(flag: str, lo: int, hi: int):
 
 def add_common_args(p: argparse.ArgumentParser, model: bool = True) -> None:
     from . import _core
-    from .model import MAX_SIZE
+    from .model import INIT_HELP, INITS, MAX_LAYERS, MAX_SIZE
 
     g = p.add_argument_group("data and model")
     g.add_argument("-i", "--input-file", help="text file, one word per line (default: $FASTMLP_DATA, else the "
@@ -72,8 +72,14 @@ def add_common_args(p: argparse.ArgumentParser, model: bool = True) -> None:
                                                                                "(lecture: 10)")
         g.add_argument("--n-hidden", type=int_arg("--n-hidden", 1, MAX_SIZE), help="tanh hidden layer width "
                                                                                    "(lecture: 200)")
-        g.add_argument("--init", choices=("lecture", "scaled"),
-                       help="lecture: all standard normal; scaled: tanh-gain/sqrt(fan_in) W1, small W2")
+        g.add_argument("--n-layers", type=int_arg("--n-layers", 1, MAX_LAYERS),
+                       help=f"hidden tanh layers, 1..{MAX_LAYERS} (lecture: 1; makemore part 3: 5)")
+        g.add_argument("--batchnorm", action="store_true", default=None,
+                       help="BatchNorm1d in every hidden layer (part 3: Linear without bias -> BatchNorm1d -> "
+                            "tanh; batch statistics in training, running ones for evaluation and sampling)")
+        g.add_argument("--bn-momentum", type=float,
+                       help="BatchNorm's running statistics: (1 - m) running + m batch (torch's default: 0.1)")
+        g.add_argument("--init", choices=INITS, help=INIT_HELP + " (default: lecture)")
     g.add_argument("--seed", type=int_arg("--seed", 0, (1 << 64) - 1), help="random seed (lecture: 2147483647)")
     g.add_argument("--num-threads", type=int_arg("--num-threads", 1, _core.max_threads()),
                    help="threads for the kernels (default: 1 or all cores, whichever is measured faster)")

@@ -26,10 +26,11 @@ import numpy as np
 
 from ._files import atomic_write
 from .data import Vocab
-from .model import INITS, MLP, PARAM_NAMES
+from .model import INITS, MAX_LAYERS, MLP, PARAM_NAMES, buffer_names, param_names
 
 FORMAT = "fastmlp-checkpoint"
-VERSION = 2  # 1: training words stored in full, optimizer state as a list
+VERSION = 3  # 3: depth and BatchNorm (n_layers, batchnorm, bn_momentum; bn.* buffers); 2: one hidden
+#              layer; 1: training words stored in full, optimizer state as a list
 CHECKPOINT_NAME = "model.npz"
 MAX_ELEMENTS = 1 << 31  # no parameter array of a loadable model is larger
 MAX_TEXT_BYTES = 1 << 28  # version 1's word list (a string; counted against max_bytes too)
@@ -80,14 +81,15 @@ def save(path, ckpt: Checkpoint) -> Path:
         "step": int(ckpt.step), "train_config": ckpt.train_config, "metrics": ckpt.metrics, "data": ckpt.data,
         "opt_step": int(ckpt.opt_step), "optimizer_slots": sorted(ckpt.optimizer_state),
     }
-    arrays = {k: ckpt.model.params[k] for k in PARAM_NAMES}
+    arrays = {k: ckpt.model.params[k] for k in ckpt.model.param_names}
+    arrays.update({f"bn.{k}": v for k, v in ckpt.model.buffers.items()})
     arrays["meta"] = np.array(json.dumps(meta, allow_nan=False))
     if rng is not None:
         arrays["rng_state"] = rng
     if ckpt.loss_history is not None:
         arrays["loss_history"] = np.asarray(ckpt.loss_history, np.float32)
     for slot, tensors in ckpt.optimizer_state.items():
-        for k in PARAM_NAMES:
+        for k in ckpt.model.param_names:
             arrays[f"opt.{slot}.{k}"] = np.asarray(tensors[k], np.float32)
     if ckpt.diag_steps is not None and len(ckpt.diag_steps):
         arrays["diag_steps"] = np.asarray(ckpt.diag_steps, np.int64)
@@ -105,6 +107,7 @@ class _Reader:
         self.zf, self.where = zf, where
         self.names = {n[:-4] for n in zf.namelist() if n.endswith(".npy")}
         self.cap = self.left = max_bytes  # bytes the arrays still to be read may take (None: no cap)
+        self.claimed = set(PARAM_NAMES)  # the model's arrays, counted up front (the loader sets them)
 
     def claim(self, nbytes: int, what: str) -> None:
         """Counts nbytes against the cap before they are allocated."""
@@ -138,7 +141,7 @@ class _Reader:
             if self.zf.getinfo(key + ".npy").file_size < nbytes:  # never allocate what the file cannot hold
                 raise CheckpointError(f"{self.where}: {key} claims {nbytes:,} bytes but the file holds fewer "
                                       "(truncated or hand-edited)")
-            if key not in PARAM_NAMES and not key.startswith("opt"):  # (the model's arrays: claimed up front)
+            if key not in self.claimed and not key.startswith("opt"):  # (the model's arrays: claimed up front)
                 self.claim(nbytes, key)
         with self.zf.open(key + ".npy") as f:  # read_array reads the header again
             a = np.lib.format.read_array(f, allow_pickle=False)
@@ -220,7 +223,7 @@ def load(path, max_bytes: Optional[int] = MAX_BYTES) -> Checkpoint:
 
 
 def _load(r: _Reader, where: str) -> Checkpoint:
-    missing = [k for k in PARAM_NAMES + ("meta",) if k not in r.names]
+    missing = [k for k in ("C", "W1", "meta") if k not in r.names]
     if missing:
         raise CheckpointError(f"{where} lacks {missing}: not a fastmlp checkpoint")
     meta_arr = r.read_text("meta", MAX_META_BYTES)
@@ -231,13 +234,31 @@ def _load(r: _Reader, where: str) -> Checkpoint:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{where} is not a fastmlp checkpoint (format tag missing)")
     version = meta.get("version")
-    if version not in (1, VERSION):
-        raise CheckpointError(f"{where} has format version {version!r}; this fastmlp reads 1 and {VERSION}")
+    if version not in (1, 2, VERSION):
+        raise CheckpointError(f"{where} has format version {version!r}; this fastmlp reads 1 to {VERSION}")
 
     # the configuration first: it fixes every array's shape
     cfg = _dict(meta, "model", where)
     V, T, E, H = (_int(cfg, k, where, lo=1) for k in ("vocab_size", "block_size", "n_embd", "n_hidden"))
-    shapes = {"C": (V, E), "W1": (T * E, H), "b1": (H,), "W2": (H, V), "b2": (V,)}
+    L, bn, bn_momentum = 1, False, 0.1  # versions 1 and 2: the lecture's one hidden layer
+    if version >= 3:
+        L = _int(cfg, "n_layers", where, lo=1, hi=MAX_LAYERS)
+        bn, bn_momentum = cfg.get("batchnorm"), cfg.get("bn_momentum", 0.1)
+        if not isinstance(bn, bool):
+            raise CheckpointError(f"{where}: batchnorm must be true or false, got {str(bn)[:40]}")
+        if isinstance(bn_momentum, bool) or not isinstance(bn_momentum, (int, float)) or not 0 <= bn_momentum <= 1:
+            raise CheckpointError(f"{where}: bn_momentum must be a number in [0, 1], got {str(bn_momentum)[:40]}")
+    names = param_names(L, bn)
+    shapes = {"C": (V, E), f"W{L + 1}": (H, V), f"b{L + 1}": (V,)}
+    for l in range(1, L + 1):
+        shapes.update({f"W{l}": (T * E if l == 1 else H, H), f"b{l}": (H,), f"gamma{l}": (H,), f"beta{l}": (H,)})
+    shapes = {k: shapes[k] for k in names}
+    buffers = buffer_names(L, bn)
+    r.claimed = set(names) | {f"bn.{k}" for k in buffers}
+    missing = [k for k in names + tuple(f"bn.{k}" for k in buffers) if k not in r.names]
+    if missing:
+        raise CheckpointError(f"{where} lacks {missing}, which its model ({L} hidden layer{'s' * (L > 1)}"
+                              f"{', BatchNorm' if bn else ''}) needs")
     if max(int(np.prod(s)) for s in shapes.values()) > MAX_ELEMENTS:
         raise CheckpointError(f"{where}: a model of (V, T, E, H) = {(V, T, E, H)} is larger than fastmlp loads")
     itos = meta.get("vocab")
@@ -255,7 +276,8 @@ def _load(r: _Reader, where: str) -> Checkpoint:
     else:
         n_slots = len(meta["optimizer_slots"]) if isinstance(meta.get("optimizer_slots"), list) else 0
     n_params = sum(int(np.prod(s)) for s in shapes.values())
-    r.claim(4 * n_params * (1 + n_slots), f"a model of (V, T, E, H) = {(V, T, E, H)}"
+    r.claim(4 * (n_params * (1 + n_slots) + H * len(buffers)), f"a model of (V, T, E, H) = {(V, T, E, H)}"
+            + (f", {L} hidden layers" if L > 1 else "")
             + (f" with {n_slots} optimizer slot{'s' if n_slots > 1 else ''}" if n_slots else ""))
     init = cfg.get("init")
     step = _int(meta, "step", where, default=0, hi=MAX_STEPS)
@@ -264,11 +286,16 @@ def _load(r: _Reader, where: str) -> Checkpoint:
         _dict(meta, "data", where)
     _check_metrics(metrics, where)
 
-    params = {k: r.read(k, np.float32, shapes[k]) for k in PARAM_NAMES}
-    for k, a in params.items():
+    params = {k: r.read(k, np.float32, shapes[k]) for k in names}
+    bufs = {k: r.read(f"bn.{k}", np.float32, (H,)) for k in buffers}
+    for k, a in list(params.items()) + list(bufs.items()):
         if not np.isfinite(a).all():
             raise CheckpointError(f"{where}: {k} contains NaN or inf")
-    model = MLP.from_params(params, copy=False, init=init if init in INITS else None)
+    for k, a in bufs.items():
+        if k.startswith("running_var") and (a < 0).any():
+            raise CheckpointError(f"{where}: {k} has a negative variance")
+    model = MLP.from_params(params, copy=False, init=init if init in INITS else None,
+                            buffers=bufs if bn else None, bn_momentum=float(bn_momentum))
 
     rng_state = None
     if "rng_state" in r.names:
@@ -302,7 +329,7 @@ def _load(r: _Reader, where: str) -> Checkpoint:
         if not isinstance(slots, list) or not all(isinstance(s, str) and s.isidentifier() for s in slots):
             raise CheckpointError(f"{where}: optimizer_slots must be a list of names")
         for slot in slots:
-            opt_state[slot] = {k: r.read(f"opt.{slot}.{k}", np.float32, shapes[k]) for k in PARAM_NAMES}
+            opt_state[slot] = {k: r.read(f"opt.{slot}.{k}", np.float32, shapes[k]) for k in names}
     return Checkpoint(model=model, vocab=vocab, step=step, rng_state=rng_state, loss_history=history,
                       train_config=train_config, metrics=metrics, data=data, optimizer_state=opt_state,
                       opt_step=opt_step, train_words=train_words, diag_steps=diag_steps, diag_records=diag_records)

@@ -14,7 +14,7 @@ import numpy as np
 
 from . import _core
 from . import optim
-from .model import check_sizes
+from .model import INITS, check_depth, check_sizes
 
 LECTURE_SEED = 2147483647  # the lecture's torch.Generator().manual_seed(2147483647)
 SCHEDULES = ("step", "cosine", "constant")
@@ -22,8 +22,9 @@ OPTIMIZERS = ("sgd", "adamw")
 MAX_STEPS = 1 << 40
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 DIAG_MAX_RECORDS = 10_000  # fastmlp.diagnostics.MAX_RECORDS (1.4 KB each, kept in the checkpoint)
-BOOL_FIELDS = ("nesterov", "eval_test", "diagnostics")
-FLOAT_FIELDS = ("momentum", "beta1", "beta2", "weight_decay", "dropout", "learning_rate", "lr_decay_factor", "min_lr")
+BOOL_FIELDS = ("nesterov", "eval_test", "diagnostics", "batchnorm")
+FLOAT_FIELDS = ("momentum", "beta1", "beta2", "weight_decay", "dropout", "learning_rate", "lr_decay_factor", "min_lr",
+                "bn_momentum")
 
 
 def _short(v) -> str:
@@ -40,14 +41,17 @@ class TrainConfig:
     block_size: int = 3
     n_embd: int = 10
     n_hidden: int = 200
-    init: str = "lecture"
+    n_layers: int = 1               # hidden layers (makemore part 3: 5)
+    batchnorm: bool = False         # Linear (no bias) -> BatchNorm1d -> tanh in every hidden layer
+    bn_momentum: float = 0.1        # BatchNorm's running statistics: (1 - m) running + m batch
+    init: str = "lecture"           # lecture, scaled or kaiming (fastmlp.model.INIT_HELP)
     optimizer: str = "sgd"          # sgd (with --momentum: torch.optim.SGD's momentum) or adamw
     momentum: float = 0.0
     nesterov: bool = False
     beta1: float = 0.9              # AdamW
     beta2: float = 0.999
     weight_decay: float = 0.0       # SGD: g += wd * p; AdamW: decoupled, p *= 1 - lr * wd
-    dropout: float = 0.0            # inverted dropout on the hidden layer while training
+    dropout: float = 0.0            # inverted dropout on the last hidden layer while training
     batch_size: int = 32
     max_steps: int = 200_000
     learning_rate: float = 0.1
@@ -68,6 +72,13 @@ class TrainConfig:
         """Raises ValueError (TypeError for a wrong type) naming the first bad field."""
         self._check_types()
         check_sizes(self.block_size, self.n_embd, self.n_hidden)
+        check_depth(self.n_layers, self.batchnorm, self.bn_momentum)
+        if self.batchnorm and self.batch_size == 1:
+            raise ValueError("batchnorm needs batch_size >= 2: a batch of one row has no variance to normalise by "
+                             "(torch refuses it too)")
+        if self.diagnostics and (self.n_layers > 1 or self.batchnorm):
+            raise ValueError("diagnostics record the one hidden layer of the lecture's model (n_layers 1, no "
+                             "batchnorm); a deeper net's per-layer records are not built yet")
         for name, lo, hi in (("batch_size", 1, 1 << 30), ("eval_interval", 1, MAX_STEPS),
                              ("lr_decay_step", 1, MAX_STEPS), ("max_steps", 0, MAX_STEPS),
                              ("warmup_steps", 0, MAX_STEPS), ("seed", 0, (1 << 64) - 1)):
@@ -86,8 +97,8 @@ class TrainConfig:
             if self.diagnostics and v < least:  # every record stays in the checkpoint
                 raise ValueError(f"diag_interval {v} would record {self.max_steps // v:,} steps; a run keeps at most "
                                  f"{DIAG_MAX_RECORDS:,} records: use at least {least:,}")
-        if self.init not in ("lecture", "scaled"):
-            raise ValueError(f"init must be 'lecture' or 'scaled', got {self.init!r}")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
         if self.lr_schedule not in SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {SCHEDULES}, got {self.lr_schedule!r}")
         self.make_optimizer()  # the kernels' bounds for momentum, nesterov, betas, weight decay

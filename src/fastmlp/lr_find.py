@@ -20,13 +20,17 @@ from ._cli import ArgumentParser, add_common_args, int_arg, run_cli
 from ._files import to_json
 from .config import LECTURE_SEED
 from .data import Dataset, load_dataset
-from .model import MLP, check_sizes
+from .model import MLP, check_depth, check_sizes
 
 
 def lr_sweep(ds: Dataset, block_size=3, n_embd=10, n_hidden=200, init="lecture", batch_size=32,
-             lr_min_exp=-3.0, lr_max_exp=0.0, steps=1000, repeats=5, seed=LECTURE_SEED, threads=None) -> dict:
+             lr_min_exp=-3.0, lr_max_exp=0.0, steps=1000, repeats=5, seed=LECTURE_SEED, threads=None,
+             n_layers=1, batchnorm=False, bn_momentum=0.1) -> dict:
     """Runs the sweep `repeats` times (fresh model and batches each time) and averages."""
     check_sizes(block_size, n_embd, n_hidden)
+    check_depth(n_layers, batchnorm, bn_momentum)
+    if batchnorm and batch_size < 2:
+        raise ValueError("batchnorm needs batch_size >= 2 (a batch's variance)")
     if steps < 10:
         raise ValueError(f"steps must be >= 10, got {steps}")
     if repeats < 1:
@@ -40,9 +44,10 @@ def lr_sweep(ds: Dataset, block_size=3, n_embd=10, n_hidden=200, init="lecture",
         raise ValueError(f"batch_size {batch_size} is larger than the training split ({len(Y)} examples)")
     runs = []
     for r in range(repeats):
-        m = MLP(ds.vocab.size, block_size, n_embd, n_hidden, seed=seed + r, init=init)
+        m = MLP(ds.vocab.size, block_size, n_embd, n_hidden, seed=seed + r, init=init, n_layers=n_layers,
+                batchnorm=batchnorm, bn_momentum=bn_momentum)
         losses = _core.train_steps(m.arrays(), X, Y, lrs, batch_size=batch_size, rng_state=_core.rng_state(seed + r),
-                                   threads=threads)
+                                   threads=threads, batchnorm=m.bn_args())
         full = np.full(steps, np.nan, np.float32)
         full[:len(losses)] = losses  # a diverged run stops early: the rest stays NaN
         runs.append(full)
@@ -78,7 +83,8 @@ def main(argv: Optional[list] = None) -> int:
                                           given(args.n_hidden, 200))
         ds = load_dataset(args.input_file, block)
         res = lr_sweep(ds, block, embd, hidden, given(args.init, "lecture"), args.batch_size, args.lr_min_exp,
-                       args.lr_max_exp, args.steps, args.repeats, given(args.seed, LECTURE_SEED), args.num_threads)
+                       args.lr_max_exp, args.steps, args.repeats, given(args.seed, LECTURE_SEED), args.num_threads,
+                       given(args.n_layers, 1), bool(args.batchnorm), given(args.bn_momentum, 0.1))
         out = Path(args.work_dir or "out")
         out.mkdir(parents=True, exist_ok=True)
         png = None

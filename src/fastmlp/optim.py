@@ -18,7 +18,7 @@ import numpy as np
 
 from . import _core
 
-PARAM_NAMES = ("C", "W1", "b1", "W2", "b2")
+PARAM_NAMES = ("C", "W1", "b1", "W2", "b2")  # the lecture's model; a deeper one's are its params' keys
 
 
 class Optimizer:
@@ -32,15 +32,19 @@ class Optimizer:
         _core.check_optimizer(self.kind, **self.hyper)
         self.step = 0
         self.state: Dict[str, Dict[str, np.ndarray]] = {}
+        # the parameters' names in the kernels' order (a model's params dict keeps it)
+        self.names: Tuple[str, ...] = tuple(params) if params is not None else PARAM_NAMES
         if params is not None:
-            self.state = {slot: {k: np.zeros_like(params[k], dtype=np.float32) for k in PARAM_NAMES}
+            self.state = {slot: {k: np.zeros_like(params[k], dtype=np.float32) for k in self.names}
                           for slot in self.slots}
 
     def load_state(self, state: Mapping[str, Mapping[str, np.ndarray]], step: int) -> None:
         """Adopts saved state (a checkpoint's); the slots must be this optimizer's."""
         if sorted(state) != sorted(self.slots):
             raise ValueError(f"{type(self).__name__} keeps the state {list(self.slots)}, got {sorted(state)}")
-        self.state = {slot: {k: np.ascontiguousarray(state[slot][k], np.float32) for k in PARAM_NAMES}
+        names = tuple(next(iter(state.values()))) if state else self.names
+        self.names = names
+        self.state = {slot: {k: np.ascontiguousarray(state[slot][k], np.float32) for k in names}
                       for slot in self.slots}
         self.step = int(step)
 
@@ -48,7 +52,7 @@ class Optimizer:
         """What train_steps reads (csrc/bind_train.cpp): the hyperparameters, the step and
         the state arrays, slot by slot in parameter order."""
         h = self.hyper
-        arrays = [self.state[slot][k] for slot in self.slots for k in PARAM_NAMES]
+        arrays = [self.state[slot][k] for slot in self.slots for k in self.names]
         return (self.kind, h.get("momentum", 0.0), h.get("nesterov", False), h.get("beta1", 0.9),
                 h.get("beta2", 0.999), h.get("eps", 1e-8), h.get("weight_decay", 0.0), self.step, arrays)
 
@@ -56,9 +60,9 @@ class Optimizer:
                threads: Optional[int] = None) -> None:
         """One step on every parameter, in place (the per-call API; train_steps does the
         same inside its loop)."""
-        missing = [k for k in PARAM_NAMES if k not in grads]
+        missing = [k for k in self.names if k not in grads]
         if missing:
-            raise KeyError(f"grads is missing {missing}; it needs {PARAM_NAMES}")
+            raise KeyError(f"grads is missing {missing}; it needs {self.names}")
         self._update(params, grads, lr, threads)
         self.step += 1
 
@@ -79,7 +83,7 @@ class SGD(Optimizer):
 
     def _update(self, params, grads, lr, threads):
         h = self.hyper
-        for k in PARAM_NAMES:
+        for k in self.names:
             if self.slots:
                 _core.momentum_update(params[k], grads[k], self.state["momentum_buffer"][k], lr, h["momentum"],
                                       h["nesterov"], h["weight_decay"], threads=threads)
@@ -100,7 +104,7 @@ class AdamW(Optimizer):
 
     def _update(self, params, grads, lr, threads):
         h = self.hyper
-        for k in PARAM_NAMES:
+        for k in self.names:
             _core.adamw_update(params[k], grads[k], self.state["exp_avg"][k], self.state["exp_avg_sq"][k],
                                self.step + 1, lr, h["beta1"], h["beta2"], h["eps"], h["weight_decay"],
                                threads=threads)

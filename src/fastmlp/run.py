@@ -27,7 +27,7 @@ from ._files import WorkDirLock, atomic_write, atomic_write_json, remove_stale_t
 from .config import TrainConfig, learning_rates, resume_config
 from .data import SPLIT_RULE, DataError, Dataset, bundled_names, load_dataset
 from .diagnostics import default_interval, diag_arg, parse_record, record_length, steps_to_record, summary
-from .model import MLP
+from .model import MLP, memory_needed
 
 OUTPUT_FILES = (ckpt_io.CHECKPOINT_NAME, "metrics.json", "loss_history.npy", "loss.png", "embedding.png",
                 "diagnostics.png", "saturation.png")
@@ -79,6 +79,20 @@ def check_dataset(ds: Dataset, batch_size: int) -> None:
         raise ValueError(f"batch_size {batch_size} is larger than the training split ({n['train']} examples)")
 
 
+def check_memory(cfg: TrainConfig, vocab_size: int) -> None:
+    """Refuses, in one line and before anything is allocated, a model that cannot fit in
+    this machine's memory (a depth x width past it)."""
+    slots = 2 if cfg.optimizer == "adamw" else 1 if (cfg.momentum or cfg.weight_decay) else 0
+    need = memory_needed(vocab_size, cfg.block_size, cfg.n_embd, cfg.n_hidden, cfg.n_layers, cfg.batch_size, slots)
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > have:
+        raise MemoryError(f"n_layers {cfg.n_layers} x n_hidden {cfg.n_hidden:,} (batch {cfg.batch_size}) needs about "
+                          f"{need / 2**30:,.1f} GiB to train, and this machine has {have / 2**30:,.1f} GiB")
+
+
 class Run:
     """The state of one training run; see the module docstring."""
 
@@ -116,7 +130,9 @@ class Run:
                                  "(overwrite=True)")
             ds = dataset if dataset is not None else load_dataset(cfg.input_file, cfg.block_size)
             check_dataset(ds, cfg.batch_size)
-            model = MLP(ds.vocab.size, cfg.block_size, cfg.n_embd, cfg.n_hidden, seed=cfg.seed, init=cfg.init)
+            check_memory(cfg, ds.vocab.size)
+            model = MLP(ds.vocab.size, cfg.block_size, cfg.n_embd, cfg.n_hidden, seed=cfg.seed, init=cfg.init,
+                        n_layers=cfg.n_layers, batchnorm=cfg.batchnorm, bn_momentum=cfg.bn_momentum)
             return cls(cfg, ds, model, 0, _core.rng_state(cfg.seed), cfg.make_optimizer(model.params), [], [], log,
                        lock)
         except BaseException:
@@ -227,7 +243,7 @@ class Run:
         losses = _core.train_steps(self.model.arrays(), *self.ds.train, lrs, batch_size=self.cfg.batch_size,
                                    rng_state=self.rng_state, optimizer=self.opt if self.opt.slots else None,
                                    dropout=self.cfg.dropout, dropout_seed=self.cfg.seed, step0=self.step,
-                                   threads=threads, stop=stop, diag=diag)
+                                   threads=threads, stop=stop, diag=diag, batchnorm=self.model.bn_args())
         self.train_seconds += time.perf_counter() - t0
         if len(losses) and not np.isfinite(losses[-1]):  # the C++ loop stops at NaN/inf
             self._diverged(self.step + len(losses) - 1, losses[-1], lrs[len(losses) - 1])

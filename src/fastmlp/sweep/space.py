@@ -9,12 +9,15 @@ A space is a JSON (or TOML) object whose keys name parameters:
                   "when": {"optimizer": "adamw"}},               # only when optimizer is adamw
      "init": "scaled"}                                           # fixed
 
+Depth is a parameter like any other: {"n_layers": {"low": 1, "high": 5}, "batchnorm":
+{"choices": [false, true]}, "init": {"choices": ["scaled", "kaiming"]}}.
+
 A parameter sets the TrainConfig field of its name, or of "field". "when" makes it
 conditional on values suggested earlier in the file. Ranges take "step" too.
 
 "flop_budget": F (a number, or a range) gives every trial the same compute instead of
-the same step count: max_steps = F / (6 * batch * (T*E*H + H*V)), the multiply-adds of
-the forward, backward and update (two flops each). TPE then trades size for steps.
+the same step count: max_steps = F / (6 * batch * (T*E*H + (L-1)*H*H + H*V)), the
+multiply-adds of the forward, backward and update (two flops each), L = n_layers. TPE then trades size for steps.
 """
 from __future__ import annotations
 
@@ -158,7 +161,7 @@ def _check_together(params: List[Param], where: str) -> None:
         hi = budget.spec if budget.kind == "fixed" else max(budget.spec) if budget.kind == "choice" \
             else budget.spec["high"]
         small = {p.field: (p.spec if p.kind == "fixed" else min(p.spec) if p.kind == "choice" else p.spec["low"])
-                 for p in params if p.field in ("block_size", "n_embd", "n_hidden", "batch_size")}
+                 for p in params if p.field in ("block_size", "n_embd", "n_hidden", "batch_size", "n_layers")}
         steps = hi / flops_per_step(small, 2)
         if not steps <= MAX_STEPS:
             raise SpaceError(f"{where}: {budget.name!r} = {hi:g} gives up to {steps:.3g} steps, more than a run "
@@ -170,7 +173,8 @@ def _number(v) -> bool:
 
 
 # the other fields under which a field takes effect (its value is checked there)
-WHERE_MEANINGFUL = {"beta1": {"optimizer": "adamw"}, "beta2": {"optimizer": "adamw"}, "nesterov": {"momentum": 0.9}}
+WHERE_MEANINGFUL = {"beta1": {"optimizer": "adamw"}, "beta2": {"optimizer": "adamw"}, "nesterov": {"momentum": 0.9},
+                    "bn_momentum": {"batchnorm": True}}
 
 
 def _check_values(p: Param, params: List[Param], fixed: Dict[str, Any], where: str) -> None:
@@ -195,8 +199,9 @@ def _check_values(p: Param, params: List[Param], fixed: Dict[str, Any], where: s
 
 def flops_per_step(values: Dict[str, Any], vocab_size: int) -> float:
     d = TrainConfig()
-    T, E, H, B = (values.get(k, getattr(d, k)) for k in ("block_size", "n_embd", "n_hidden", "batch_size"))
-    return 6.0 * B * (T * E * H + H * vocab_size)
+    T, E, H, B, L = (values.get(k, getattr(d, k)) for k in ("block_size", "n_embd", "n_hidden", "batch_size",
+                                                             "n_layers"))
+    return 6.0 * B * (T * E * H + (L - 1) * H * H + H * vocab_size)
 
 
 def apply_budget(values: Dict[str, Any], vocab_size: int) -> Dict[str, Any]:

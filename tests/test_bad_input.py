@@ -199,7 +199,8 @@ def test_train_steps_arguments(model, batch):
         _core.train_steps(P, X, Y, lrs, batch_size=2, rng_state=np.zeros(3, np.uint64))
     with pytest.raises(TypeError, match="needs batch_size and rng_state"):
         _core.train_steps(P, X, Y, lrs, batch_size=2)
-    with pytest.raises(TypeError, match="params must be a sequence of the five arrays"):
+    with pytest.raises(ValueError, match=r"params must be \(C, W1, b1, ..., WL, bL, W\{L\+1\}, b\{L\+1\}\), 2 L \+ 3 "
+                                         r"arrays .* got 4 arrays"):
         _core.train_steps(P[:4], X, Y, lrs, batch_size=2, rng_state=s)
 
 

@@ -164,8 +164,10 @@ def test_max_bytes_caps_every_array_and_can_be_raised(tmp_path, words_file):
 def test_from_params_and_from_torch_refuse_what_is_not_the_model():
     torch = pytest.importorskip("torch")
     m = MLP(27, 3, 10, 20, init="scaled")
-    with pytest.raises(ValueError, match=r"params has \['W3'\], which this model does not have"):
-        MLP.from_params(dict(m.params, W3=m.params["W2"]))
+    with pytest.raises(ValueError, match=r"params has \['extra'\], which this model does not have"):
+        MLP.from_params(dict(m.params, extra=m.params["W2"]))
+    with pytest.raises(KeyError, match=r"params is missing \['b3'\]; a model with 2 hidden layers"):
+        MLP.from_params(dict(m.params, W3=m.params["W2"]))  # a deeper model's start, without its end
     with pytest.raises(TypeError, match="params must be a mapping"):
         MLP.from_params([m.params[k] for k in m.params])
     for extra, name in ((torch.nn.Linear(27, 27), "extra"), (torch.nn.Dropout(0.1), "extra")):

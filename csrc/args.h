@@ -163,6 +163,15 @@ inline void require_disjoint(const std::vector<Named>& written, const std::vecto
   }
 }
 
+// A real number from Python (an int or a float, not a bool or a string).
+inline double number_arg(py::handle obj, const char* name) {
+  if (py::isinstance<py::bool_>(obj) || !(py::isinstance<py::float_>(obj) || PyIndex_Check(obj.ptr()) ||
+                                          PyFloat_Check(obj.ptr()) || py::hasattr(obj, "__float__")))
+    throw py::type_error(std::string(name) + " must be a number, got " +
+                         py::str(py::type::of(obj).attr("__name__")).cast<std::string>());
+  return py::float_(py::reinterpret_borrow<py::object>(obj)).cast<double>();
+}
+
 // The model's parameters, checked against each other, and (BatchNorm) its running statistics.
 struct Model {
   std::vector<py::array_t<float>> arrays;   // the parameters, in their order (kernels.h)
@@ -293,7 +302,7 @@ inline Model check_model(py::handle params, bool writable, py::handle batchnorm 
       }
     }
   }
-  const double eps = t[2].cast<double>(), momentum = t[3].cast<double>();
+  const double eps = number_arg(t[2], "batchnorm eps"), momentum = number_arg(t[3], "batchnorm momentum");
   if (!(eps > 0) || !std::isfinite((float)eps) || (float)eps <= 0.f)
     throw py::value_error("batchnorm eps must be a finite number > 0, got " + fmt(eps));
   m.d.bn_eps = (float)eps;

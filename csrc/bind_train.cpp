@@ -99,32 +99,34 @@ py::array_t<float> train_steps(py::handle params, py::handle X_, py::handle Y_, 
     ex.profile = profile.mutable_data();  // (zeroed once it is known to share nothing)
   }
 
-  // diag: (out float64 (n, kDiagFixed + 3 bins) or (kDiagFixed + 3 bins,), bins, pre_range, sat,
-  //        act float32 (B, H) or None, every): the steps step0 + s that are multiples of every
+  // diag: (out float64 (n, len) or (len,), bins, pre_range, sat, act float32 (L, B, H) (or (B, H)
+  //        for one layer) or None, every): the steps step0 + s that are multiples of every;
+  //        len = FASTMLP_DIAG_RECORD_LENGTH(bins, L, number of parameter tensors) (kernels.h)
   DiagArgs diag{};
   py::array_t<double> diag_out;
   py::array_t<float> diag_act;
   if (!diag_.is_none()) {
-    if (m.d.L != 1 || m.d.bn)
-      throw py::value_error("diag records the one hidden layer of the lecture's model: it needs n_layers 1 "
-                            "without BatchNorm");
     if (!py::isinstance<py::tuple>(diag_) || py::len(diag_) != 6)
       throw py::type_error("diag must be a tuple (out, bins, pre_range, sat, act, every)");
     py::tuple t = py::reinterpret_borrow<py::tuple>(diag_);
     diag.bins = (int)int_arg(t[1], "diag bins", 1, 1 << 16);
-    diag.pre_range = (float)t[2].cast<double>();
-    diag.sat = (float)t[3].cast<double>();
+    diag.pre_range = (float)number_arg(t[2], "diag pre_range");
+    diag.sat = (float)number_arg(t[3], "diag sat");
     diag.every = int_arg(t[5], "diag every", 1, INT64_MAX / 2);
     if (!(diag.pre_range > 0.f) || !std::isfinite(diag.pre_range) || !(diag.sat > 0.f && diag.sat < 1.f))
       throw py::value_error("diag pre_range must be finite and > 0, and sat in (0, 1)");
-    const int64_t len = kDiagFixed + 3 * (int64_t)diag.bins;
+    const int64_t len = FASTMLP_DIAG_RECORD_LENGTH(diag.bins, m.d.L, m.arrays.size());
+    const std::string doc = "1 + n_layers (9 + 3 bins) + 3 * (number of parameters) = " + std::to_string(len);
     const bool one = py::isinstance<py::array>(t[0]) && py::reinterpret_borrow<py::array>(t[0]).ndim() == 1;
-    diag_out = one ? typed<double>(t[0], "diag out", {len}, "(25 + 3 * bins,)", true)
-                   : typed<double>(t[0], "diag out", {-1, len}, "(n, 25 + 3 * bins)", true);
+    diag_out = one ? typed<double>(t[0], "diag out", {len}, ("(" + doc + ",)").c_str(), true)
+                   : typed<double>(t[0], "diag out", {-1, len}, ("(n, " + doc + ")").c_str(), true);
     diag.out = diag_out.mutable_data();  // (filled with NaN once it is known to share nothing)
     diag.capacity = one ? 1 : diag_out.shape(0);
     if (!t[4].is_none()) {
-      diag_act = typed<float>(t[4], "diag act", {B, m.d.H}, "(batch_size, H)", true);
+      const bool flat = m.d.L == 1 && py::isinstance<py::array>(t[4]) &&
+                        py::reinterpret_borrow<py::array>(t[4]).ndim() == 2;
+      diag_act = flat ? typed<float>(t[4], "diag act", {B, m.d.H}, "(batch_size, H)", true)
+                      : typed<float>(t[4], "diag act", {m.d.L, B, m.d.H}, "(n_layers, batch_size, H)", true);
       diag.act = diag_act.mutable_data();
     }
   }

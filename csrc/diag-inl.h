@@ -1,4 +1,4 @@
-// Diagnostics of a training step (makemore part 3, "Activations & Gradients"): what the
+// Diagnostics of a training step (makemore part 3, "Activations & Gradients"): what each
 // hidden layer's rows and the step's gradients and updates look like. The training step
 // fills the buffers as it goes (step_team, with a StepDiag): the pre-activations by the
 // same row-range product as the forward pass, d loss / d(layer output) by the same
@@ -9,17 +9,20 @@
 
 constexpr int kLanes = 4;  // sub-histograms per histogram (histogram_row)
 
-// What a diagnostic step keeps; allocated before the parallel region.
+// What a diagnostic step keeps, for each hidden layer l; allocated before the parallel region.
 struct StepDiag {
   const DiagArgs* a = nullptr;
   Buf b_pre, b_dh, b_counts, b_rows, b_rowmax;
-  float *pre = nullptr, *dh = nullptr;  // (B, Hp): emb W1 + b1, and d loss / d(hout)
-  int64_t* counts = nullptr;            // per thread, per_thread(bins, H): 3 histograms in 4 lanes, then each
-                                        // unit's saturated rows
-  double* rows = nullptr;               // (B, 6): per row, sum and sum of squares of pre, h, dh
-  float* rowmax = nullptr;              // (B,): per row, max |dh|
-  int threads = 1;
+  float *pre = nullptr, *dh = nullptr;  // (L, B, Hp): tanh's input, and d loss / d(layer output)
+  int64_t* counts = nullptr;            // per thread and layer, per_thread(bins, H): 3 histograms in 4 lanes,
+                                        // then each unit's saturated rows
+  double* rows = nullptr;               // (L, B, 6): per row, sum and sum of squares of pre, h, dh
+  float* rowmax = nullptr;              // (L, B): per row, max |dh|
+  int threads = 1, layers = 1;
+  int64_t B = 0, Hp = 0;
   static int64_t per_thread(int bins, int H) { return 3 * kLanes * (int64_t)bins + H; }
+  float* pre_of(int l) const { return pre + l * B * Hp; }
+  float* dh_of(int l) const { return dh + l * B * Hp; }
   PaddedCopy* before = nullptr;         // the parameters before the step
   PaddedCopy* grad = nullptr;           // the gradients, when the SGD update is fused (no G)
   StepDiag() = default;
@@ -29,17 +32,24 @@ struct StepDiag {
     delete before;
     delete grad;
   }
-  void prepare(const DiagArgs* args, const Layout& L, int64_t B, bool fused, int max_threads) {
+  void prepare(const DiagArgs* args, const Layout& L, int64_t batch, bool fused, int max_threads) {
     a = args;
     threads = max_threads;
-    pre = b_pre.get((size_t)(B * L.Hp));
-    dh = b_dh.get((size_t)(B * L.Hp));
-    counts = b_counts.get_as<int64_t>((size_t)(max_threads * per_thread(args->bins, L.H)));
-    memset(counts, 0, sizeof(int64_t) * (size_t)(max_threads * per_thread(args->bins, L.H)));  // (a smaller team)
-    rows = b_rows.get_as<double>((size_t)(6 * B));
-    rowmax = b_rowmax.get((size_t)B);
+    layers = L.L;
+    B = batch;
+    Hp = L.Hp;
+    pre = b_pre.get((size_t)(L.L * B * L.Hp));
+    dh = b_dh.get((size_t)(L.L * B * L.Hp));
+    const size_t n = (size_t)(max_threads * L.L * per_thread(args->bins, L.H));
+    counts = b_counts.get_as<int64_t>(n);
+    memset(counts, 0, sizeof(int64_t) * n);  // (a smaller team leaves some untouched)
+    rows = b_rows.get_as<double>((size_t)(6 * B * L.L));
+    rowmax = b_rowmax.get((size_t)(B * L.L));
     before = new PaddedCopy(L);
     if (fused) grad = new PaddedCopy(L);
+  }
+  int64_t* counts_of(int thread, int l, const Layout& L) const {
+    return counts + ((int64_t)thread * layers + l) * per_thread(a->bins, L.H);
   }
 };
 
@@ -113,17 +123,18 @@ inline void row_sums(const float* x, int cols, double* sum, double* sumsq) {
   *sumsq = (q[0] + q[1]) + (q[2] + q[3]);
 }
 
-// This thread's rows [r0, r1), once pre, h and dh hold them: per-row sums, the pre and
-// tanh histograms and the per-unit saturation counts in this thread's counters.
-inline void diag_rows(StepDiag& dg, const Layout& L, const float* h, int64_t r0, int64_t r1) {
+// Layer l, this thread's rows [r0, r1), once pre, h and dh hold them: per-row sums, the
+// pre and tanh histograms and the per-unit saturation counts in this thread's counters.
+inline void diag_rows(StepDiag& dg, const Layout& L, int l, const float* h, int64_t r0, int64_t r1) {
   const int H = L.H, Hp = L.Hp, bins = dg.a->bins;
-  int64_t* c = dg.counts + team_rank() * StepDiag::per_thread(bins, H);
+  int64_t* c = dg.counts_of(team_rank(), l, L);
   for (int64_t i = 0; i < StepDiag::per_thread(bins, H); ++i) c[i] = 0;
   int64_t* sat = c + 3 * kLanes * bins;
   const float thr = dg.a->sat;
+  const float *pre = dg.pre_of(l), *dh = dg.dh_of(l);
   for (int64_t i = r0; i < r1; ++i) {
-    const float *p = dg.pre + i * Hp, *t = h + i * Hp, *g = dg.dh + i * Hp;
-    double* r = dg.rows + 6 * i;
+    const float *p = pre + i * Hp, *t = h + i * Hp, *g = dh + i * Hp;
+    double* r = dg.rows + 6 * (l * dg.B + i);
     row_sums(p, H, &r[0], &r[1]);
     row_sums(t, H, &r[2], &r[3]);
     row_sums(g, H, &r[4], &r[5]);
@@ -134,82 +145,87 @@ inline void diag_rows(StepDiag& dg, const Layout& L, const float* h, int64_t r0,
       sat[j] += fabsf(t[j]) > thr;
       m = fmaxf(m, fabsf(g[j]));
     }
-    dg.rowmax[i] = m;
+    dg.rowmax[l * dg.B + i] = m;
   }
 }
 
-// max |dh| over every row (once every thread's diag_rows is done)
-inline double grad_absmax(const StepDiag& dg, int64_t B) {
+// max |dh| of layer l over every row (once every thread's diag_rows is done)
+inline double grad_absmax(const StepDiag& dg, int l) {
   float m = 0.f;
-  for (int64_t i = 0; i < B; ++i) m = fmaxf(m, dg.rowmax[i]);
+  for (int64_t i = 0; i < dg.B; ++i) m = fmaxf(m, dg.rowmax[l * dg.B + i]);
   return (double)m;
 }
 
 // The range of the gradient's histogram: [-max |dh|, max |dh|], or [-1, 1] if all are zero.
-inline double grad_range(const StepDiag& dg, int64_t B) {
-  const double m = grad_absmax(dg, B);
+inline double grad_range(const StepDiag& dg, int l) {
+  const double m = grad_absmax(dg, l);
   return m > 0.0 ? m : 1.0;
 }
 
-// This thread's rows of dh into its gradient histogram (after a barrier that follows diag_rows).
-inline void diag_grad_rows(StepDiag& dg, const Layout& L, int64_t B, int64_t r0, int64_t r1) {
+// This thread's rows of every layer's dh into its gradient histograms (after a barrier
+// that follows diag_rows).
+inline void diag_grad_rows(StepDiag& dg, const Layout& L, int64_t r0, int64_t r1) {
   const int bins = dg.a->bins;
-  int64_t* c = dg.counts + team_rank() * StepDiag::per_thread(bins, L.H) + 2 * kLanes * bins;
-  const double g = grad_range(dg, B);
-  for (int64_t i = r0; i < r1; ++i) histogram_row(dg.dh + i * L.Hp, L.H, -g, bins / (2.0 * g), bins, c);
+  for (int l = 0; l < L.L; ++l) {
+    int64_t* c = dg.counts_of(team_rank(), l, L) + 2 * kLanes * bins;
+    const double g = grad_range(dg, l);
+    for (int64_t i = r0; i < r1; ++i) histogram_row(dg.dh_of(l) + i * L.Hp, L.H, -g, bins / (2.0 * g), bins, c);
+  }
 }
 
-// The record, by thread 0 once the step is done: the threads' counts and the rows' sums
-// added up (in row order), and the parameters' moments. after: the parameters now;
-// grad: the step's gradients.
-inline void diag_record(const StepDiag& dg, const Layout& L, int64_t B, double loss, const float* h,
+// The record (layout: kernels.h), by thread 0 once the step is done: the threads' counts
+// and the rows' sums added up (in row order), and the parameters' moments. h: the layers'
+// outputs; after: the parameters now; grad: the step's gradients.
+inline void diag_record(const StepDiag& dg, const Layout& L, int64_t B, double loss, float* const* h,
                         const PadWeights& after, const PadWeights& grad, int64_t row) {
   const DiagArgs& a = *dg.a;
   const int H = L.H, Hp = L.Hp, bins = a.bins;
-  double* out = a.out + row * (kDiagFixed + 3 * bins);
-  for (int i = 0; i < kDiagFixed + 3 * bins; ++i) out[i] = 0.0;
-  out[0] = loss;
-  double* hist = out + 1;
-  double* st = hist + 3 * bins;  // the layer's scalars, then the parameters'
-  const int64_t per = StepDiag::per_thread(bins, H);
-  int64_t saturated = 0, dead = 0;
-  for (int j = 0; j < H; ++j) {
-    int64_t col = 0;
-    for (int t = 0; t < dg.threads; ++t) col += dg.counts[t * per + 3 * kLanes * bins + j];
-    saturated += col;
-    dead += col == B;
-  }
-  for (int k = 0; k < 3; ++k)
-    for (int b = 0; b < bins; ++b) {
-      int64_t n = 0;
-      for (int t = 0; t < dg.threads; ++t)
-        for (int u = 0; u < kLanes; ++u) n += dg.counts[t * per + (k * kLanes + u) * bins + b];
-      hist[k * bins + b] = (double)n;
-    }
-  double S[6] = {0, 0, 0, 0, 0, 0};
-  for (int64_t i = 0; i < B; ++i)
-    for (int k = 0; k < 6; ++k) S[k] += dg.rows[6 * i + k];
-  const double n = (double)B * H;
-  from_sums(S[0], S[1], n, &st[0], &st[1]);
-  from_sums(S[2], S[3], n, &st[2], &st[3]);
-  st[4] = (double)saturated / n;
-  st[5] = (double)dead;
-  from_sums(S[4], S[5], n, &st[6], &st[7]);
-  st[8] = grad_absmax(dg, B);
-  // C, W1, b1, W2, b2 (the one hidden layer's model): their real (unpadded) entries
   PadWeights p = dg.before->w, pn = after, pg = grad;
   float **P[kMaxTensors], **Pn[kMaxTensors], **G[kMaxTensors];
   Tensor sh[kMaxTensors];
   const int count = param_tensors(p, L, P, sh);
   param_tensors(pn, L, Pn, sh);
   param_tensors(pg, L, G, sh);
-  double* ps = st + 9;
-  for (int k = 0; k < count && k < 5; ++k) {
+  const int64_t len = FASTMLP_DIAG_RECORD_LENGTH(bins, L.L, count);
+  double* out = a.out + row * len;
+  for (int64_t i = 0; i < len; ++i) out[i] = 0.0;
+  out[0] = loss;
+  for (int l = 0; l < L.L; ++l) {
+    double* hist = out + 1 + (int64_t)l * (3 * bins + 9);
+    double* st = hist + 3 * bins;  // the layer's scalars
+    int64_t saturated = 0, dead = 0;
+    for (int j = 0; j < H; ++j) {
+      int64_t col = 0;
+      for (int t = 0; t < dg.threads; ++t) col += dg.counts_of(t, l, L)[3 * kLanes * bins + j];
+      saturated += col;
+      dead += col == B;
+    }
+    for (int k = 0; k < 3; ++k)
+      for (int b = 0; b < bins; ++b) {
+        int64_t n = 0;
+        for (int t = 0; t < dg.threads; ++t)
+          for (int u = 0; u < kLanes; ++u) n += dg.counts_of(t, l, L)[(k * kLanes + u) * bins + b];
+        hist[k * bins + b] = (double)n;
+      }
+    double S[6] = {0, 0, 0, 0, 0, 0};
+    for (int64_t i = 0; i < B; ++i)
+      for (int k = 0; k < 6; ++k) S[k] += dg.rows[6 * (l * B + i) + k];
+    const double n = (double)B * H;
+    from_sums(S[0], S[1], n, &st[0], &st[1]);
+    from_sums(S[2], S[3], n, &st[2], &st[3]);
+    st[4] = (double)saturated / n;
+    st[5] = (double)dead;
+    from_sums(S[4], S[5], n, &st[6], &st[7]);
+    st[8] = grad_absmax(dg, l);
+    if (a.act && row == 0)
+      for (int64_t i = 0; i < B; ++i) memcpy(a.act + (l * B + i) * H, h[l] + i * Hp, sizeof(float) * H);
+  }
+  // every parameter tensor, in the parameters' order: their real (unpadded) entries
+  double* ps = out + 1 + (int64_t)L.L * (3 * bins + 9);
+  for (int k = 0; k < count; ++k) {
     double m;
     moments(*P[k], nullptr, sh[k].rows, sh[k].cols, sh[k].ld, &m, &ps[3 * k]);
     moments(*G[k], nullptr, sh[k].rows, sh[k].cols, sh[k].ld, &m, &ps[3 * k + 1]);
     moments(*Pn[k], *P[k], sh[k].rows, sh[k].cols, sh[k].ld, &m, &ps[3 * k + 2]);
   }
-  if (a.act && row == 0)
-    for (int64_t i = 0; i < B; ++i) memcpy(a.act + i * H, h + i * Hp, sizeof(float) * H);
 }

@@ -84,25 +84,30 @@ struct Optimizer {
 // TrainArgs::diag is set, train_steps records every step whose global index (step0 + s)
 // is a multiple of `every`, the k-th such step in row k of out (at most `capacity`
 // rows; the bindings fill out with NaN first, so rows not reached are NaN). A record is
-// kDiagFixed + 3 * bins doubles:
-//   [0] the loss; then for the hidden layer
-//   pre_hist[bins] over [-pre_range, pre_range], act_hist[bins] over [-1, 1] (tanh output),
+// FASTMLP_DIAG_RECORD_LENGTH(bins, L, P) doubles:
+//   [0] the loss; then for each hidden layer l = 1..L, 3 * bins + 9 numbers:
+//   pre_hist[bins] over [-pre_range, pre_range] (tanh's input: x W + b, or BatchNorm's output),
+//   act_hist[bins] over [-1, 1] (tanh output),
 //   grad_hist[bins] over [-grad_absmax, grad_absmax] (d loss / d layer output, after dropout;
 //   over [-1, 1] if every gradient is 0),
 //   pre_mean, pre_std, act_mean, act_std, saturated fraction (|act| > sat), dead units
 //   (saturated on every row), grad_mean, grad_std, grad_absmax;
-//   then for each parameter C, W1, b1, W2, b2: std(before the step), std(gradient),
-//   std(after - before: the update really applied). Every std is unbiased (torch's).
-// Histogram values outside their range count in the first or last bin.
+//   then for each of the P parameter tensors in the parameters' order (C, W1, b1, W2, b2 for
+//   the lecture's model): std(before the step), std(gradient), std(after - before: the
+//   update really applied). Every std is unbiased (torch's).
+// Histogram values outside their range count in the first or last bin. The lecture's model
+// (L = 1, P = 5): kDiagFixed + 3 * bins.
 enum { kDiagFixed = 1 + 9 + 15 };
+// (a macro: an inline function here would be emitted by every ISA build, see the top)
+#define FASTMLP_DIAG_RECORD_LENGTH(bins, L, P) (1 + (int64_t)(L) * (3 * (int64_t)(bins) + 9) + 3 * (int64_t)(P))
 struct DiagArgs {
   int bins;
   float pre_range;
   float sat;         // the saturation threshold (the lecture's 0.97)
   int64_t every;     // record the steps whose global index is a multiple of this
   int64_t capacity;  // rows of out
-  double* out;       // (capacity, kDiagFixed + 3 * bins)
-  float* act;        // (B, H) out, or null: the first recorded batch's tanh outputs (the saturation map)
+  double* out;       // (capacity, FASTMLP_DIAG_RECORD_LENGTH(bins, L, P))
+  float* act;        // (L, B, H) out, or null: the first recorded batch's tanh outputs (the saturation maps)
 };
 
 // Arguments of the fused training loop (train_steps).

@@ -198,13 +198,13 @@ inline void batchnorm_tanh_forward_share(const float* pre, int64_t N, int Hp, co
 // Backward of batchnorm on this thread's columns, from dy (N, Hp) = d loss / d(gamma xhat
 // + beta) (the tanh backward already applied): dgamma = sum dy xhat, dbeta = sum dy (row
 // order), dpre = gamma invstd (dy - dbeta / N - xhat dgamma / N) (torch's formula, which
-// uses the old gamma). Then either dgamma, dbeta into dgamma_out, dbeta_out, or (those
-// null) the SGD update gamma, beta -= lr (dgamma, dbeta). run_mean, run_var given: the
+// uses the old gamma). Then dgamma, dbeta into dgamma_out, dbeta_out if given, and if
+// update the SGD update gamma, beta -= lr (dgamma, dbeta). run_mean, run_var given: the
 // running statistics move toward the batch's, with the unbiased variance, as torch's
 // BatchNorm1d: run = (1 - momentum) run + momentum batch.
 inline void batchnorm_backward_share(const float* dy, const float* xhat, const BatchNormStats& st, int64_t N, int Hp,
                                      float* gamma, float* beta, float* dpre, float* dgamma_out, float* dbeta_out,
-                                     float lr, float* run_mean, float* run_var, float momentum) {
+                                     bool update, float lr, float* run_mean, float* run_var, float momentum) {
   int64_t b, e;
   my_share(Hp / VW, &b, &e);
   const vf n = splat((float)N);
@@ -222,7 +222,8 @@ inline void batchnorm_backward_share(const float* dy, const float* xhat, const B
     if (dgamma_out) {
       storeu(dgamma_out + j, sg);
       storeu(dbeta_out + j, sb);
-    } else {
+    }
+    if (update) {
       storeu(gamma + j, loadu(gamma + j) - splat(lr) * sg);
       storeu(beta + j, loadu(beta + j) - splat(lr) * sb);
     }

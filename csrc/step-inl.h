@@ -73,7 +73,7 @@ struct StepWork {
 // weight-gradient products. Returns the mean loss (the same on every thread); if it is
 // not finite nothing is updated. On return this thread's share of the weight products
 // is done, not necessarily the others'; demb (all rows) is complete. dg given (a
-// diagnostic step, one hidden layer): its buffers are filled on the way (diag-inl.h).
+// diagnostic step): its buffers are filled on the way, every layer's (diag-inl.h).
 double step_team(const PadWeights& W, const PadWeights* G, float lr, const Layout& L, int64_t B, const int32_t* Yb,
                  StepWork& ws, const Dropout& dr, Exec& ex, StepDiag* dg = nullptr) {
   const int H = L.H, V = L.V, Hp = L.Hp, Vp = L.Vp, n = L.L;
@@ -92,8 +92,18 @@ double step_team(const PadWeights& W, const PadWeights* G, float lr, const Layou
     }
     x = ws.h[l];
   }
-  if (dg) {
-    linear_forward_rows<false>(ws.emb, L.TE, L.TE, W.W[0], Hp, W.b[0], dg->pre, r0, r1);  // the pre-activations
+  if (dg) {  // each layer's tanh input, by the forward's own product (or BatchNorm's gamma xhat + beta)
+    for (int l = 0; l < n; ++l) {
+      float* pre = dg->pre_of(l);
+      if (!L.bn) {
+        linear_forward_rows<false>(l == 0 ? ws.emb : ws.h[l - 1], L.ld_in(l), L.fan_in(l), W.W[l], Hp, W.b[l], pre,
+                                   r0, r1);
+      } else {
+        for (int64_t i = r0; i < r1; ++i)
+          for (int j = 0; j < Hp; j += VW)
+            storeu(pre + i * Hp + j, loadu(W.gamma[l] + j) * loadu(ws.xhat[l] + i * Hp + j) + loadu(W.beta[l] + j));
+      }
+    }
     if (team_rank() == 0) copy_weights(W, dg->before->w, L);  // nothing is updated before the barrier
   }
   const float* hout = ws.h[n - 1];  // what the output layer sees
@@ -114,6 +124,7 @@ double step_team(const PadWeights& W, const PadWeights* G, float lr, const Layou
 
   // this thread's rows, layer by layer down: dpre[l] = tanh_grad(g W[l+1]^T, h[l]) [through
   // the mask] (then through BatchNorm, by columns); demb = dpre[0] W[0]^T
+  const PadWeights* DG = dg && !G ? &dg->grad->w : nullptr;  // a fused step's gradients, kept too
   const float* g = ws.dlogits;
   int64_t ldg = Vp;
   int M = V;
@@ -125,8 +136,9 @@ double step_team(const PadWeights& W, const PadWeights* G, float lr, const Layou
       linear_backward_input_rows<kTanhGrad>(g, ldg, M, ws.wt[l + 1], Hp, out, ws.h[l], r0, r1);
     if (L.bn) {
       team_barrier(ws.bar);
+      const PadWeights* keep = G ? G : DG;  // the gradients go there (with G: instead of the update)
       batchnorm_backward_share(ws.dy, ws.xhat[l], ws.stats[l], B, Hp, W.gamma[l], W.beta[l], ws.dpre[l],
-                               G ? G->gamma[l] : nullptr, G ? G->beta[l] : nullptr, lr,
+                               keep ? keep->gamma[l] : nullptr, keep ? keep->beta[l] : nullptr, !G, lr,
                                ws.bn_update ? W.run_mean[l] : nullptr, ws.bn_update ? W.run_var[l] : nullptr,
                                L.momentum);
       team_barrier(ws.bar);
@@ -136,11 +148,14 @@ double step_team(const PadWeights& W, const PadWeights* G, float lr, const Layou
     M = H;
   }
   linear_backward_input_rows<kStore>(ws.dpre[0], Hp, H, ws.wt[0], L.TEp, ws.demb, nullptr, r0, r1);
-  if (dg) {
-    linear_backward_input_rows<kStore>(ws.dlogits, Vp, V, ws.wt[1], Hp, dg->dh, nullptr, r0, r1);
-    diag_rows(*dg, L, ws.h[0], r0, r1);  // the statistics epilogue of this thread's rows
-  }
-  const PadWeights* DG = dg && !G ? &dg->grad->w : nullptr;  // a fused step's gradients, kept too
+  if (dg)  // d loss / d(each layer's output): the backward-input product without tanh's epilogue
+    for (int l = n - 1; l >= 0; --l) {
+      if (l == n - 1)
+        linear_backward_input_rows<kStore>(ws.dlogits, Vp, V, ws.wt[n], Hp, dg->dh_of(l), nullptr, r0, r1);
+      else
+        linear_backward_input_rows<kStore>(ws.dpre[l + 1], Hp, H, ws.wt[l + 1], Hp, dg->dh_of(l), nullptr, r0, r1);
+      diag_rows(*dg, L, l, ws.h[l], r0, r1);  // the statistics epilogue of this thread's rows
+    }
   if (DG) linear_backward_weight_share(hout, Hp, H, ws.dlogits, Vp, B, DG->W[n], DG->b[n], nullptr, nullptr, 0.f);
   // the weights, which need every row: the output layer's now, the hidden ones' once all of dpre is there
   if (G)
@@ -148,7 +163,7 @@ double step_team(const PadWeights& W, const PadWeights* G, float lr, const Layou
   else
     linear_backward_weight_share(hout, Hp, H, ws.dlogits, Vp, B, nullptr, ws.colsum, W.W[n], W.b[n], lr);
   team_barrier(ws.bar);
-  if (dg) diag_grad_rows(*dg, L, B, r0, r1);  // every row's max |dh| is known now
+  if (dg) diag_grad_rows(*dg, L, r0, r1);  // every row's max |dh| is known now
   for (int l = n - 1; l >= 0; --l) {
     const float* xl = l == 0 ? ws.emb : ws.h[l - 1];
     const int64_t ldx = L.ld_in(l);
@@ -348,7 +363,7 @@ int64_t train_steps(const MutParams& P, const Dims& d, const TrainArgs& a, Exec&
         if (team_rank() == 0) {
           PadWeights g = G ? G->w : diag.grad->w;
           if (!G) g.C = ws.dC;  // the fused step's embedding gradient
-          diag_record(diag, L, B, loss, ws.h[0], M.w, g, recorded);
+          diag_record(diag, L, B, loss, ws.h, M.w, g, recorded);
           ++recorded;
         }
         team_barrier(ws.bar);

@@ -9,6 +9,8 @@ Gradients: normwise, 1e-4 of the largest entry (1 - h^2 of a saturated unit keep
 digits in any float32 implementation). PyTorch's own float32 result must meet the same
 bounds: the bound is the arithmetic's, not fastmlp's luck.
 """
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -298,3 +300,139 @@ def test_torch_round_trip_keeps_buffers_and_refuses_strangers():
     state["W9"] = state["W1"]
     with pytest.raises(ValueError, match="W9"):
         MLP.from_torch(state)
+
+
+# -- checkpoints and the command line --------------------------------------------------------------
+def rewrite_meta(path, change, drop=()):
+    """The checkpoint at path with its JSON metadata edited (and arrays `drop` removed)."""
+    import json
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files if k not in drop}
+    meta = json.loads(str(arrays["meta"]))
+    change(meta)
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez(path, **arrays)
+
+
+def test_deep_checkpoints_round_trip_and_older_versions_load(tmp_path, small_names):
+    from fastmlp import checkpoint as ckpt_io
+    from fastmlp.train import TrainConfig, train
+    cfg = dict(work_dir=str(tmp_path / "deep"), n_layers=3, n_hidden=24, batchnorm=True, bn_momentum=0.05,
+               init="kaiming", max_steps=300, eval_interval=100, optimizer="adamw", learning_rate=1e-3)
+    m = train(TrainConfig(**cfg), dataset=small_names, progress=False, log=lambda s: None)
+    assert m["config"]["n_layers"] == 3 and m["config"]["batchnorm"] is True
+    ck = ckpt_io.load(tmp_path / "deep")
+    model = ck.model
+    assert (model.n_layers, model.batchnorm, model.bn_momentum) == (3, True, 0.05)
+    assert set(ck.optimizer_state["exp_avg"]) == set(model.param_names)
+    assert not np.array_equal(model.buffers["running_var3"], np.ones(24, np.float32))  # trained, and saved
+    assert abs(model.loss(*small_names.dev) - m["dev_loss"]) < 1e-6  # evaluation: the running statistics
+    # resumed, it ends where one run of the same length ends
+    train(TrainConfig(**dict(cfg, max_steps=300)), dataset=small_names, progress=False, log=lambda s: None,
+          overwrite=True)
+    whole = train(TrainConfig(**dict(cfg, work_dir=str(tmp_path / "whole"), max_steps=600)), dataset=small_names,
+                  progress=False, log=lambda s: None)
+    resumed = train(TrainConfig(**dict(cfg, max_steps=600)), dataset=small_names, progress=False,
+                    log=lambda s: None, resume=True, overrides={"max_steps": 600})
+    assert resumed["dev_loss"] == whole["dev_loss"]
+    with pytest.raises(ValueError, match="cannot change n_layers"):
+        train(TrainConfig(**cfg), dataset=small_names, progress=False, log=lambda s: None, resume=True,
+              overrides={"n_layers": 2})
+    # a version-2 file (the one-layer format, no depth keys) still loads
+    train(TrainConfig(work_dir=str(tmp_path / "v2"), n_hidden=16, max_steps=50, eval_interval=50),
+          dataset=small_names, progress=False, log=lambda s: None)
+    path = tmp_path / "v2" / "model.npz"
+
+    def as_v2(meta):
+        meta["version"] = 2
+        for k in ("n_layers", "batchnorm"):
+            meta["model"].pop(k)
+    rewrite_meta(path, as_v2)
+    old = ckpt_io.load(path).model
+    assert (old.n_layers, old.batchnorm, old.param_names) == (1, False, ("C", "W1", "b1", "W2", "b2"))
+    # hostile depth metadata: one line each
+    deep = tmp_path / "deep" / "model.npz"
+    for change, drop, message in (
+            (lambda meta: meta["model"].update(n_layers=999), (), r"n_layers must be an integer in \[1, 16\]"),
+            (lambda meta: meta["model"].update(batchnorm="yes"), (), "batchnorm must be true or false"),
+            (lambda meta: meta["model"].update(bn_momentum=7), (), r"bn_momentum must be a number in \[0, 1\]"),
+            (lambda meta: None, ("bn.running_mean1",), r"lacks \['bn.running_mean1'\]"),
+            (lambda meta: meta["model"].update(n_layers=2), (),
+             r"lacks \['b3'\], which its model \(2 hidden layers, BatchNorm\) needs")):
+        import shutil
+        bad = tmp_path / "bad.npz"
+        shutil.copy(deep, bad)
+        rewrite_meta(bad, change, drop)
+        with pytest.raises(ckpt_io.CheckpointError, match=message):
+            ckpt_io.load(bad)
+
+
+def test_depth_flags_and_their_bad_values(tmp_path, words_file):
+    import subprocess
+    import sys
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "fastmlp.train", "-i", str(words_file), "-o",
+                               str(tmp_path / "run"), "--no-progress", *map(str, args)], capture_output=True,
+                              text=True)
+    r = cli("--n-layers", 3, "--n-hidden", 16, "--batchnorm", "--init", "kaiming", "--max-steps", 200,
+            "--eval-interval", 100, "--json", "--diagnostics", "--diag-interval", 50)
+    assert r.returncode == 0, r.stderr
+    assert "n_layers=3, batchnorm=True" in r.stderr
+    import json
+    out = json.loads(r.stdout)
+    assert out["config"]["n_layers"] == 3 and len(out["diagnostics"]["saturation"]) == 3  # one series a layer
+    assert (tmp_path / "run" / "diagnostics.png").exists()
+    for args, message in (
+            (("--n-layers", 0), r"--n-layers: must be an integer in \[1, 16\], got 0"),
+            (("--n-layers", 17), r"--n-layers: must be an integer in \[1, 16\], got 17"),
+            (("--batchnorm", "-b", 1), "batchnorm needs batch_size >= 2"),
+            (("--bn-momentum", 2, "--batchnorm"), r"bn_momentum must be a number in \[0, 1\]"),
+            (("--bn-momentum", 0.5), "bn_momentum 0.5 belongs to BatchNorm: add --batchnorm"),
+            (("--n-layers", 16, "--n-hidden", 4_000_000, "--overwrite"), r"needs about [\d,.]+ GiB to train, and this "
+                                                                         r"machine has")):
+        r = cli(*args)
+        assert r.returncode == 2 and (message in r.stderr or re.search(message, r.stderr)), (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_what_a_hostile_second_look_found(tmp_path, small_names):
+    from fastmlp import checkpoint as ckpt_io
+    from fastmlp.train import TrainConfig, train
+    m = MLP(small_names.vocab.size, 3, 10, 32, n_layers=3, batchnorm=True, bn_momentum=0.2, init="kaiming")
+    # a checkpoint saved by hand resumes with the model's own depth, not the defaults
+    ckpt_io.save(tmp_path / "h1" / "model.npz", ckpt_io.Checkpoint(model=m, vocab=small_names.vocab))
+    r = train(TrainConfig(work_dir=str(tmp_path / "h1")), dataset=small_names, resume=True, progress=False,
+              log=lambda s: None, overrides={"max_steps": 100, "eval_interval": 100})
+    assert (r["config"]["n_layers"], r["config"]["batchnorm"], r["config"]["bn_momentum"], r["config"]["init"]) \
+        == (3, True, 0.2, "kaiming")
+    # a configuration that contradicts its model is refused
+    import json
+    path = tmp_path / "h1" / "model.npz"
+    rewrite_meta(path, lambda meta: meta["train_config"].update(n_layers=5))
+    with pytest.raises(ckpt_io.CheckpointError, match=r"holds a model with .* = \(3, 10, 32, 3, True, 0.2\), but "
+                                                      r"its configuration says \(3, 10, 32, 5, True"):
+        train(TrainConfig(work_dir=str(tmp_path / "h1")), dataset=small_names, resume=True, progress=False,
+              log=lambda s: None, overrides={"max_steps": 200})
+    # arrays the model does not have are refused, not dropped
+    ckpt_io.save(tmp_path / "h2" / "model.npz", ckpt_io.Checkpoint(model=m, vocab=small_names.vocab))
+    with np.load(tmp_path / "h2" / "model.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    np.savez(tmp_path / "h2" / "model.npz", **arrays, W5=arrays["W4"])
+    with pytest.raises(ckpt_io.CheckpointError, match=r"holds arrays its model \(3 hidden layers, BatchNorm\) does "
+                                                      r"not have: \['W5'\]"):
+        ckpt_io.load(tmp_path / "h2")
+    # a state_dict has no momentum: from_torch takes it
+    assert MLP.from_torch(m.to_torch().state_dict(), bn_momentum=0.2).bn_momentum == 0.2
+    # evaluation whose folded BatchNorm overflows float32 says so instead of returning NaN
+    bad = m.copy()
+    bad.buffers["running_var1"][:] = 0
+    bad.params["gamma1"][:] = 3e38
+    X, Y = small_names.dev
+    with pytest.raises(ValueError, match="BatchNorm layer 1 cannot be evaluated in float32"):
+        bad.loss(X, Y)
+    # BatchNorm's momentum without BatchNorm is a mistake, said so
+    with pytest.raises(ValueError, match="bn_momentum 0.5 belongs to BatchNorm"):
+        TrainConfig(bn_momentum=0.5).check()
+    with pytest.raises(TypeError, match="batchnorm eps must be a number, got str"):
+        _core.mlp_forward(m.arrays(), X, batchnorm=m.bn_args()[:2] + ("x", 0.1))

@@ -319,3 +319,90 @@ def test_a_missing_tensorboard_extra_is_one_line_before_training(tmp_path, words
     with pytest.raises(ImportError, match=r'--tensorboard needs tensorboardX: pip install "fastmlp\[tensorboard\]"'):
         train(cfg, progress=False, log=lambda s: None)
     assert not (tmp_path / "o").exists()  # nothing was made
+
+
+# -- a deeper net: one record per hidden layer ---------------------------------------------------
+def deep_twin(m, X, Y, lr):
+    """The per-layer numbers part 3 plots, from the torch twin (float64, training mode)."""
+    t = m.to_torch().double().train()
+    x = t.C[torch.as_tensor(X, dtype=torch.long)].view(len(X), -1)
+    pres, hs = [], []
+    for l in range(1, m.n_layers + 1):
+        W = getattr(t, f"W{l}")
+        if m.batchnorm:
+            pre = F.batch_norm(x @ W, getattr(t, f"running_mean{l}"), getattr(t, f"running_var{l}"),
+                               getattr(t, f"gamma{l}"), getattr(t, f"beta{l}"), True, m.bn_momentum, 1e-5)
+        else:
+            pre = x @ W + getattr(t, f"b{l}")
+        x = torch.tanh(pre)
+        x.retain_grad()
+        pres.append(pre)
+        hs.append(x)
+    L1 = m.n_layers + 1
+    loss = F.cross_entropy(x @ getattr(t, f"W{L1}") + getattr(t, f"b{L1}"), torch.as_tensor(Y, dtype=torch.long))
+    loss.backward()
+    grads = {k: getattr(t, k).grad.numpy() for k in m.param_names}
+    return loss.item(), [p.detach().numpy() for p in pres], [h.detach().numpy() for h in hs], \
+        [h.grad.numpy() for h in hs], grads
+
+
+@pytest.mark.parametrize("bn", [False, True])
+def test_deep_records_every_layer_as_the_torch_twin(isa, bn):
+    # Bounds: five products deep (K <= 60) the forward keeps ~1e-6 absolute on pre and h
+    # (measured 1e-7; (K + 1) U sum|x||w| per layer, compounded over 5 layers, stays below
+    # 1e-5); d loss / d h and the parameter gradients to 1e-4 normwise (test_deep.py's bound).
+    rng = np.random.default_rng(11)
+    m = MLP(27, 3, 10, 60, seed=2, init="kaiming", n_layers=5, batchnorm=bn)
+    X, Y = rng.integers(0, 27, (64, 3)).astype(np.int32), rng.integers(0, 27, 64).astype(np.int32)
+    d = diagnose(m, X, Y, lr=0.1)
+    loss, pres, hs, dhs, grads = deep_twin(m, X, Y, 0.1)
+    assert len(d.layers) == 5 and d.acts.shape == (5, 64, 60) and np.array_equal(d.act, d.acts[0])
+    assert abs(d.loss - loss) <= 1e-5 * loss
+    tol = 1e-5
+    for layer, pre, h, dh, act in zip(d.layers, pres, hs, dhs, d.acts):
+        n = h.size
+        np.testing.assert_allclose(act, h, rtol=0, atol=tol)
+        assert abs(layer.mean - h.mean()) <= tol and abs(layer.std - h.std(ddof=1)) <= std_bound(tol, n)
+        assert abs(layer.pre_mean - pre.mean()) <= tol and abs(layer.pre_std - pre.std(ddof=1)) <= std_bound(tol, n)
+        a = np.abs(h)
+        close = np.abs(a - SATURATED) <= tol
+        assert abs(layer.saturation - (a > SATURATED).mean()) <= close.sum() / n
+        gerr = 1e-4 * np.abs(dh).max()
+        assert abs(layer.grad_std - dh.std(ddof=1)) <= std_bound(gerr, n)
+        check_hist(layer.hist, h, np.linspace(-1, 1, BINS + 1), tol, "act_hist")
+        check_hist(layer.pre_hist, pre, np.linspace(-PRE_RANGE, PRE_RANGE, BINS + 1), tol, "pre_hist")
+    assert list(d.param_std) == list(m.param_names)
+    for k in m.param_names:
+        p = m.params[k]
+        assert d.param_std[k] == pytest.approx(p.std(ddof=1) if p.size > 1 else d.param_std[k], rel=1e-6)
+        g = grads[k]
+        assert abs(d.grad_std[k] - g.std(ddof=1)) <= std_bound(1e-4 * np.abs(g).max(), g.size)
+        # the update of plain SGD is -lr g, stored in float32: std within the same bound plus rounding
+        assert abs(d.update_std[k] - 0.1 * g.std(ddof=1)) <= std_bound(0.1 * 1e-4 * np.abs(g).max()
+                                                                      + 2 * U * np.abs(p).max(), g.size)
+    for k in m.buffers:  # diagnose ran on copies: the running statistics did not move
+        assert (m.buffers[k] == (0 if "mean" in k else 1)).all()
+
+
+def test_deep_records_are_the_same_for_any_thread_count(small_names):
+    X, Y = small_names.train
+    batches = np.random.default_rng(5).integers(0, len(Y), (6, 256))
+    names = MLP(small_names.vocab.size, 3, 10, 130, n_layers=3, batchnorm=True).param_names
+    outs = []
+    for threads in (1, 2, 3):
+        m = MLP(small_names.vocab.size, 3, 10, 130, seed=5, init="kaiming", n_layers=3, batchnorm=True)
+        out = np.empty((3, record_length(names=names)))
+        losses = _core.train_steps(m.arrays(), X, Y, np.full(6, 0.1, np.float32), batches=batches, threads=threads,
+                                   diag=diag_arg(out, every=2), batchnorm=m.bn_args())
+        plain = MLP(small_names.vocab.size, 3, 10, 130, seed=5, init="kaiming", n_layers=3, batchnorm=True)
+        plain_losses = _core.train_steps(plain.arrays(), X, Y, np.full(6, 0.1, np.float32), batches=batches,
+                                         threads=threads, batchnorm=plain.bn_args())
+        assert np.array_equal(losses, plain_losses)  # recording does not change training
+        for k in m.param_names:
+            assert np.array_equal(m.params[k], plain.params[k]), k
+        outs.append(out)
+    assert np.isfinite(outs[0]).all()
+    for o in outs[1:]:
+        assert np.array_equal(o, outs[0])
+    r = parse_record(outs[0][-1], step=4, names=names)
+    assert len(r.layers) == 3 and set(r.update_std) == set(names)

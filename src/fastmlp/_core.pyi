@@ -2,7 +2,10 @@
 
 All arrays are numpy, float32 or int32 as named, C-contiguous and aligned;
 shapes: N examples, T block_size, E n_embd, H n_hidden, V vocab size.
-`params` is the sequence (C, W1, b1, W2, b2) (MLP.arrays()).
+`params` is the sequence MLP.arrays(): (C, W1, b1, ..., W{L+1}, b{L+1}) for L hidden layers
+(the lecture's (C, W1, b1, W2, b2)), or under BatchNorm (C, W1, gamma1, beta1, ...,
+W{L+1}, b{L+1}) with `batchnorm` = MLP.bn_args() = (running means, running vars, eps,
+momentum); None without BatchNorm.
 `threads`: the OpenMP threads for this call only; None uses the process default
 (set_num_threads). Bad arguments raise TypeError / ValueError / IndexError naming the
 argument; an index array changed by another thread during a call raises IndexError;
@@ -15,7 +18,8 @@ import numpy.typing as npt
 
 F32 = npt.NDArray[np.float32]
 I32 = npt.NDArray[np.int32]
-Params = Sequence[F32]  # (C, W1, b1, W2, b2)
+Params = Sequence[F32]  # (C, W1, b1, ..., W{L+1}, b{L+1})
+BatchNorm = Optional[Tuple[Sequence[F32], Sequence[F32], float, float]]  # (running_mean, running_var, eps, momentum)
 
 class _Optimizer(Protocol):  # fastmlp.optim.SGD / AdamW
     step: int
@@ -50,10 +54,11 @@ def adamw_update(p: F32, g: F32, m: F32, v: F32, step: int, lr: float, beta1: fl
                  eps: float = 1e-8, weight_decay: float = 0.01, *, threads: Optional[int] = None) -> None: ...
 
 # whole model
-def mlp_forward(params: Params, X: I32, *, threads: Optional[int] = None) -> F32: ...
-def mlp_loss(params: Params, X: I32, Y: I32, *, threads: Optional[int] = None) -> float: ...
+def mlp_forward(params: Params, X: I32, *, batchnorm: BatchNorm = None, threads: Optional[int] = None) -> F32: ...
+def mlp_loss(params: Params, X: I32, Y: I32, *, batchnorm: BatchNorm = None,
+             threads: Optional[int] = None) -> float: ...
 def mlp_loss_and_grad(params: Params, X: I32, Y: I32, dropout_mask: Optional[F32] = None, *,
-                      threads: Optional[int] = None) -> Tuple[float, Tuple[F32, F32, F32, F32, F32]]: ...
+                      batchnorm: BatchNorm = None, threads: Optional[int] = None) -> Tuple[float, Tuple[F32, ...]]: ...
 def train_steps(
     params: Params, X: I32, Y: I32, lrs: F32, *,
     batch_size: Optional[int] = None, rng_state: Optional[npt.NDArray[np.uint64]] = None,
@@ -62,10 +67,12 @@ def train_steps(
     threads: Optional[int] = None, stop: Optional[I32] = None,
     profile: Optional[npt.NDArray[np.float64]] = None,  # (threads, 2): seconds in barriers, in all
     diag: Optional[tuple] = None,  # (out float64 (n, 25 + 3 bins), bins, pre_range, sat, act (B, H) | None, every)
+    batchnorm: BatchNorm = None,   # its running statistics are updated in place
 ) -> F32: ...
 def dropout_mask(seed: int, step: int, B: int, H: int, p: float) -> F32: ...
 def sample(params: Params, n: int, max_len: int, seed: int, temperature: float = 1.0, top_k: int = 0, *,
-           threads: Optional[int] = None) -> I32: ...
+           batchnorm: BatchNorm = None, threads: Optional[int] = None) -> I32: ...
+MAX_LAYERS: int  # hidden layers at most
 DIAG_FIXED: int  # a diagnostics record is DIAG_FIXED + 3 * bins doubles
 def rng_state(seed: int) -> npt.NDArray[np.uint64]: ...
 def fma_peak_gflops(threads: int = 1, seconds: float = 0.2) -> float: ...

@@ -308,7 +308,7 @@ def _load(r: _Reader, where: str) -> Checkpoint:
         from .diagnostics import record_length
 
         diag_steps = r.read("diag_steps", np.int64, max_len=step + 1)
-        diag_records = r.read("diag_records", np.float64, (len(diag_steps), record_length()))
+        diag_records = r.read("diag_records", np.float64, (len(diag_steps), record_length(names=names)))
         if len(diag_steps) and (diag_steps.min() < 0 or diag_steps.max() > step or (np.diff(diag_steps) <= 0).any()):
             raise CheckpointError(f"{where}: diag_steps must be increasing steps in [0, {step}]")
 
@@ -330,6 +330,12 @@ def _load(r: _Reader, where: str) -> Checkpoint:
             raise CheckpointError(f"{where}: optimizer_slots must be a list of names")
         for slot in slots:
             opt_state[slot] = {k: r.read(f"opt.{slot}.{k}", np.float32, shapes[k]) for k in names}
+        known = set(r.claimed) | {"meta", "rng_state", "loss_history", "diag_steps", "diag_records"} | {
+            f"opt.{slot}.{k}" for slot in slots for k in names}
+        unknown = sorted(r.names - known)
+        if unknown:  # e.g. a deeper model's arrays under a shallower one's metadata: not silently dropped
+            raise CheckpointError(f"{where} holds arrays its model ({L} hidden layer{'s' * (L > 1)}"
+                                  f"{', BatchNorm' if bn else ''}) does not have: {unknown[:5]}")
     return Checkpoint(model=model, vocab=vocab, step=step, rng_state=rng_state, loss_history=history,
                       train_config=train_config, metrics=metrics, data=data, optimizer_state=opt_state,
                       opt_step=opt_step, train_words=train_words, diag_steps=diag_steps, diag_records=diag_records)

@@ -76,9 +76,8 @@ class TrainConfig:
         if self.batchnorm and self.batch_size == 1:
             raise ValueError("batchnorm needs batch_size >= 2: a batch of one row has no variance to normalise by "
                              "(torch refuses it too)")
-        if self.diagnostics and (self.n_layers > 1 or self.batchnorm):
-            raise ValueError("diagnostics record the one hidden layer of the lecture's model (n_layers 1, no "
-                             "batchnorm); a deeper net's per-layer records are not built yet")
+        if not self.batchnorm and self.bn_momentum != 0.1:
+            raise ValueError(f"bn_momentum {self.bn_momentum} belongs to BatchNorm: add --batchnorm (batchnorm=True)")
         for name, lo, hi in (("batch_size", 1, 1 << 30), ("eval_interval", 1, MAX_STEPS),
                              ("lr_decay_step", 1, MAX_STEPS), ("max_steps", 0, MAX_STEPS),
                              ("warmup_steps", 0, MAX_STEPS), ("seed", 0, (1 << 64) - 1)):

@@ -17,6 +17,7 @@ changes the model.
 from __future__ import annotations
 
 import math
+import os
 import re
 from typing import Dict, Mapping, Optional, Tuple
 
@@ -93,6 +94,14 @@ def check_depth(n_layers, batchnorm=False, bn_momentum=0.1) -> Tuple[int, bool, 
 
 
 BN_EPS = 1e-5  # BatchNorm1d's eps, torch's default
+
+
+def physical_memory() -> Optional[int]:
+    """This machine's memory in bytes (None where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def memory_needed(V: int, T: int, E: int, H: int, n_layers: int, batch_size: int, slots: int = 0) -> int:
@@ -237,11 +246,12 @@ class MLP:
         return TorchMLP.from_arrays(self.params, self.buffers, bn_momentum=self.bn_momentum)
 
     @classmethod
-    def from_torch(cls, module_or_state_dict) -> "MLP":
+    def from_torch(cls, module_or_state_dict, bn_momentum: Optional[float] = None) -> "MLP":
         """The model back from a TorchMLP (or any module or state_dict with the tensors
-        model.params and model.buffers name, of fitting shapes); values are copied bit for bit."""
+        model.params and model.buffers name, of fitting shapes); values are copied bit for bit.
+        bn_momentum: BatchNorm's, which a state_dict does not hold (default: the module's, else 0.1)."""
         obj = module_or_state_dict
-        momentum = getattr(obj, "bn_momentum", 0.1)
+        momentum = getattr(obj, "bn_momentum", 0.1) if bn_momentum is None else bn_momentum
         if callable(getattr(obj, "named_children", None)):  # a module: nothing else that computes may hide in it
             others = [n for n, _ in obj.named_children()] + [
                 n for n, _ in obj.named_buffers() if not re.fullmatch(r"running_(mean|var)\d+", n)]
@@ -301,6 +311,23 @@ class MLP:
         except KeyError as e:
             raise KeyError(f"model.params lost its entry {e.args[0]!r}; it needs {self.param_names}") from None
 
+    def eval_bn_args(self):
+        """bn_args() for evaluation, which folds each BatchNorm into its layer (W s, beta - mean
+        s with s = gamma / sqrt(running_var + eps)); refused where that overflows float32."""
+        bn = self.bn_args()
+        if bn is not None:
+            big = float(np.finfo(np.float32).max)
+            for l in range(1, self.n_layers + 1):
+                s = np.abs(self.params[f"gamma{l}"].astype(np.float64)) / np.sqrt(
+                    self.buffers[f"running_var{l}"].astype(np.float64) + BN_EPS)
+                top = float(np.abs(self.params[f"W{l}"]).max(initial=0.0)) * float(s.max(initial=0.0))
+                shift = float(np.abs(self.buffers[f"running_mean{l}"]).max(initial=0.0)) * float(s.max(initial=0.0))
+                if not (top < big and shift < big):
+                    raise ValueError(f"BatchNorm layer {l} cannot be evaluated in float32: gamma{l} / "
+                                     f"sqrt(running_var{l} + eps) reaches {float(s.max()):.3g}, which overflows its "
+                                     f"weights (a corrupt or diverged model)")
+        return bn
+
     def bn_args(self):
         """The `batchnorm` argument of the whole-model kernels: None, or (running means,
         running vars, eps, momentum); train_steps updates the arrays in place."""
@@ -334,12 +361,13 @@ class MLP:
     def forward(self, X, threads: Optional[int] = None) -> np.ndarray:
         """Logits (N, V) for contexts X (N, block_size), in evaluation mode (BatchNorm's running
         statistics)."""
-        return _core.mlp_forward(self.arrays(), self._indices(X, "X", 2), batchnorm=self.bn_args(), threads=threads)
+        return _core.mlp_forward(self.arrays(), self._indices(X, "X", 2), batchnorm=self.eval_bn_args(),
+                                 threads=threads)
 
     def loss(self, X, Y, threads: Optional[int] = None) -> float:
         """Mean cross-entropy over all of X, Y, evaluated in chunks (no (N, V) buffer)."""
         return float(_core.mlp_loss(self.arrays(), self._indices(X, "X", 2), self._indices(Y, "Y", 1),
-                                    batchnorm=self.bn_args(), threads=threads))
+                                    batchnorm=self.eval_bn_args(), threads=threads))
 
     def loss_and_grad(self, X, Y, dropout_mask=None, threads: Optional[int] = None
                       ) -> Tuple[float, Dict[str, np.ndarray]]:

@@ -136,14 +136,15 @@ def plot_diagnostics(records, path=None, final=None):
 
     fig, axes = _figure(2, 2, figsize=(13, 8.5))
     (a_act, a_grad), (a_w, a_upd) = axes
-    chosen = _pick(records)
+    deep = len(records[0].layers) > 1
+    chosen = records[-1:] if deep else _pick(records)  # a deep net: every layer at the last step (part 3's picture)
     for i, r in enumerate(chosen):
         for j, layer in enumerate(r.layers):
-            tag = f"step {r.step:,}" + (f", layer {j + 1}" if len(r.layers) > 1 else "")
+            tag = f"layer {j + 1} (step {r.step:,})" if deep else f"step {r.step:,}"
             _hist_line(a_act, layer.hist, f"{tag}: mean {layer.mean:+.2f}, std {layer.std:.2f}, "
-                                          f"saturated {100 * layer.saturation:.1f}%", color=f"C{i}")
+                                          f"saturated {100 * layer.saturation:.1f}%", color=f"C{j if deep else i}")
             _hist_line(a_grad, layer.grad_hist, f"{tag}: mean {layer.grad_mean:+.1e}, std {layer.grad_std:.1e}",
-                       color=f"C{i}")
+                       color=f"C{j if deep else i}")
     a_act.axvspan(-1, -SATURATED, color="0.85")
     a_act.axvspan(SATURATED, 1, color="0.85")
     _label(a_act, "tanh output (grey: saturated)", "fraction", "activation distribution")
@@ -160,7 +161,8 @@ def plot_diagnostics(records, path=None, final=None):
     else:
         _label(a_w, "gradient", "fraction", "weight gradients: no batch given", legend=False)
     steps = [r.step for r in records]
-    for i, k in enumerate(k for k in ("C", "W1", "W2") if records[0].update_std is not None):
+    weights = [k for k in records[0].param_std if k == "C" or k.startswith("W")]
+    for i, k in enumerate(k for k in weights if records[0].update_std is not None):
         ratios = np.array([np.nan if r.update_data[k] is None else r.update_data[k] for r in records])
         with np.errstate(divide="ignore", invalid="ignore"):
             a_upd.plot(steps, np.log10(ratios), label=k, color=f"C{i}")
@@ -209,7 +211,7 @@ def plot_run_diagnostics(ck, out: Path, input_file=None) -> list:
     from .diagnostics import SATURATION_BATCH, parse_record
     from .sample import training_split
 
-    records = [parse_record(r, step=int(s)) for s, r in zip(ck.diag_steps, ck.diag_records)]
+    records = [parse_record(r, step=int(s), names=ck.model.param_names) for s, r in zip(ck.diag_steps, ck.diag_records)]
     words, why = training_split(ck, input_file)
     X = Y = None
     if words is not None:

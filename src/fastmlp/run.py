@@ -27,7 +27,7 @@ from ._files import WorkDirLock, atomic_write, atomic_write_json, remove_stale_t
 from .config import TrainConfig, learning_rates, resume_config
 from .data import SPLIT_RULE, DataError, Dataset, bundled_names, load_dataset
 from .diagnostics import default_interval, diag_arg, parse_record, record_length, steps_to_record, summary
-from .model import MLP, memory_needed
+from .model import MLP, memory_needed, physical_memory
 
 OUTPUT_FILES = (ckpt_io.CHECKPOINT_NAME, "metrics.json", "loss_history.npy", "loss.png", "embedding.png",
                 "diagnostics.png", "saturation.png")
@@ -84,11 +84,8 @@ def check_memory(cfg: TrainConfig, vocab_size: int) -> None:
     this machine's memory (a depth x width past it)."""
     slots = 2 if cfg.optimizer == "adamw" else 1 if (cfg.momentum or cfg.weight_decay) else 0
     need = memory_needed(vocab_size, cfg.block_size, cfg.n_embd, cfg.n_hidden, cfg.n_layers, cfg.batch_size, slots)
-    try:
-        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return
-    if need > have:
+    have = physical_memory()
+    if have and need > have:
         raise MemoryError(f"n_layers {cfg.n_layers} x n_hidden {cfg.n_hidden:,} (batch {cfg.batch_size}) needs about "
                           f"{need / 2**30:,.1f} GiB to train, and this machine has {have / 2**30:,.1f} GiB")
 
@@ -163,7 +160,11 @@ class Run:
         ck = ckpt_io.load(work / ckpt_io.CHECKPOINT_NAME)
         saved = dict(ck.train_config)
         if not saved:  # saved by hand (checkpoint.save with a model only): the model gives the sizes
-            saved = dict(block_size=ck.model.block_size, n_embd=ck.model.n_embd, n_hidden=ck.model.n_hidden)
+            m = ck.model
+            saved = dict(block_size=m.block_size, n_embd=m.n_embd, n_hidden=m.n_hidden, n_layers=m.n_layers,
+                         batchnorm=m.batchnorm, bn_momentum=m.bn_momentum)
+            if m.init is not None:
+                saved["init"] = m.init
         cfg = resume_config(saved, dict(overrides or {}, work_dir=str(work)))
         cfg.check()
         prepare_work_dir(work)
@@ -182,10 +183,15 @@ class Run:
         if saved is not None and saved != ds.sha256:
             raise ckpt_io.CheckpointError(f"{where} was trained on other data (its words differ from "
                                           f"{ds.path or 'this word list'}): resuming would mix the splits")
-        have = (ck.model.block_size, ck.model.n_embd, ck.model.n_hidden)
-        if have != (cfg.block_size, cfg.n_embd, cfg.n_hidden):
-            raise ckpt_io.CheckpointError(f"{where} holds a model with (block_size, n_embd, n_hidden) = {have}, "
-                                          f"but its configuration says otherwise")
+        m = ck.model
+        have = (m.block_size, m.n_embd, m.n_hidden, m.n_layers, m.batchnorm, m.bn_momentum)
+        said = (cfg.block_size, cfg.n_embd, cfg.n_hidden, cfg.n_layers, cfg.batchnorm, cfg.bn_momentum)
+        if have != said:
+            raise ckpt_io.CheckpointError(f"{where} holds a model with (block_size, n_embd, n_hidden, n_layers, "
+                                          f"batchnorm, bn_momentum) = {have}, but its configuration says {said}")
+        if m.init is not None and m.init != cfg.init:
+            raise ckpt_io.CheckpointError(f"{where} holds a model initialised with {m.init!r}, but its "
+                                          f"configuration says {cfg.init!r}")
         check_dataset(ds, cfg.batch_size)
         opt = cfg.make_optimizer(ck.model.params)
         if opt.slots:
@@ -237,7 +243,7 @@ class Run:
         lrs = learning_rates(self.cfg, self.step, self.step + n)
         # --diagnostics: the loop records its steps that are multiples of the interval
         wanted = steps_to_record(self.step, n, self.diag_interval) if self.cfg.diagnostics else range(0)
-        records = np.empty((len(wanted), record_length())) if len(wanted) else None
+        records = np.empty((len(wanted), record_length(names=self.model.param_names))) if len(wanted) else None
         diag = None if records is None else diag_arg(records, every=self.diag_interval)
         t0 = time.perf_counter()
         losses = _core.train_steps(self.model.arrays(), *self.ds.train, lrs, batch_size=self.cfg.batch_size,
@@ -307,7 +313,8 @@ class Run:
 
     def diagnostics(self, since: int = 0) -> list:
         """The records of --diagnostics so far (of steps >= since), as fastmlp.diagnostics.Diagnostics."""
-        return [parse_record(r, step=s) for s, r in zip(self.diag_steps, self.diag_records) if s >= since]
+        names = self.model.param_names
+        return [parse_record(r, step=s, names=names) for s, r in zip(self.diag_steps, self.diag_records) if s >= since]
 
     def finish(self, interrupted: bool = False, threads: Optional[int] = None,
                extra: Optional[dict] = None, plots: bool = True) -> dict:

@@ -43,7 +43,8 @@ def sample_with_ends(model: MLP, vocab: Vocab, n: int = 20, seed: int = 0, tempe
     if not 1 <= max_len <= MAX_LEN:
         raise ValueError(f"max_len must be an integer in [1, {MAX_LEN}], got {max_len}")
     longer = min(max_len + 1, MAX_LEN)
-    out = _core.sample(model.arrays(), n, longer, seed, temperature, top_k, batchnorm=model.bn_args(), threads=threads)
+    out = _core.sample(model.arrays(), n, longer, seed, temperature, top_k, batchnorm=model.eval_bn_args(),
+                       threads=threads)
     return [(vocab.decode(row[:max_len]), bool((row == 0).any())) for row in out]
 
 

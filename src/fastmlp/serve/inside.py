@@ -69,19 +69,20 @@ def inside(run, model) -> Optional[dict]:
     taken once)."""
     if run is None or model is None:
         return None
-    from ..diagnostics import BINS, PARAM_NAMES, parse_record
+    from ..diagnostics import BINS, parse_record
 
+    names = model.param_names
     n = min(len(run.diag_steps), len(run.diag_records))  # (the training thread may be appending)
     steps, recs = run.diag_steps[:n], run.diag_records[:n]
-    last = parse_record(recs[-1], step=steps[-1]) if n else None
-    layer = last.layers[0] if last else None
+    last = parse_record(recs[-1], step=steps[-1], names=names) if n else None
+    layer = last.layers[0] if last else None  # the first hidden layer's
     every = max(1, n // 200)  # at most ~200 points a line
     ratios = {}
     if n:  # straight from the records: std(update) / std(param), columns 3k + 2 and 3k
-        r = np.array(recs[::every])[:, 1 + 3 * BINS + 9:].reshape(-1, len(PARAM_NAMES), 3)
+        r = np.array(recs[::every])[:, 1 + model.n_layers * (3 * BINS + 9):].reshape(-1, len(names), 3)
         with np.errstate(divide="ignore", invalid="ignore"):
             logs = np.log10(r[:, :, 2] / r[:, :, 0])
-        for i, k in enumerate(PARAM_NAMES):
+        for i, k in enumerate(names):
             ratios[k] = [None if not np.isfinite(v) else round(float(v), 4) for v in logs[:, i]]
     xy = embedding_2d(model.params["C"])
     itos = run.ds.vocab.itos

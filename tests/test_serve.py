@@ -257,3 +257,24 @@ def test_a_run_from_the_command_opens_and_goes_on_recording(tmp_path, words):
         assert ck.step == 600 and len(ck.diag_steps) and ck.diag_steps[0] >= 300  # the Inside panel has records
     finally:
         s.stop()
+
+
+def test_a_deep_batchnorm_run_trains_samples_and_shows_its_first_layer(tmp_path, words):
+    s = Server(tmp_path / "run", words)
+    try:
+        code, st = s.call("/api/train/start", dict(SMALL, n_layers=3, batchnorm=True, init="kaiming"))
+        assert code == 200 and st["config"]["n_layers"] == 3 and st["config"]["batchnorm"] is True, st
+        with urllib.request.urlopen(s.base + "/api/events", timeout=60) as r:
+            for line in r:
+                if line.startswith(b"data: "):
+                    ev = json.loads(line[6:])
+                    if ev["inside"] and ev["inside"]["act"]:
+                        break
+        assert "gamma1" in ev["inside"]["update_data"]["log10"] and "W4" in ev["inside"]["update_data"]["log10"]
+        assert 0 <= ev["inside"]["act"]["saturation"] <= 1
+        s.call("/api/train/pause", method="POST")
+        code, sm = s.get("/api/sample", n=3, seed=1)
+        assert code == 200 and len(sm["samples"]) == 3
+        assert ckpt_io.load(tmp_path / "run").model.n_layers == 3
+    finally:
+        s.stop()

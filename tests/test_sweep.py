@@ -353,3 +353,29 @@ def test_ctrl_c_of_a_sweep_says_how_to_go_on(tmp_path, words_and_space):
 ])
 def test_spaces_wrong_in_combination_are_one_line(tmp_path, words_and_space, spec, msg):
     test_bad_spaces_are_one_line_before_the_study_is_written(tmp_path, words_and_space, spec, msg)
+
+
+def test_depth_batchnorm_and_init_are_parameters_and_the_budget_counts_depth(tmp_path, words_and_space):
+    from fastmlp.sweep.space import SpaceError, apply_budget, flops_per_step, parse_space
+    words, _ = words_and_space
+    # an H x H layer is (L - 1) H^2 more multiply-adds a row
+    one = flops_per_step({"block_size": 3, "n_embd": 10, "n_hidden": 100, "batch_size": 32}, 27)
+    five = flops_per_step({"block_size": 3, "n_embd": 10, "n_hidden": 100, "batch_size": 32, "n_layers": 5}, 27)
+    assert five - one == 6.0 * 32 * 4 * 100 * 100
+    assert apply_budget({"flop_budget": 100 * five, "n_layers": 5, "n_hidden": 100, "eval_interval": 10},
+                        27)["max_steps"] == 100
+    parse_space({"n_layers": {"low": 1, "high": 4}, "batchnorm": {"choices": [False, True]},
+                 "init": {"choices": ["scaled", "kaiming"]}}, "space")
+    with pytest.raises(SpaceError, match=r"'n_layers' = 17 is not a valid value: n_layers must be an integer in "
+                                         r"\[1, 16\]"):
+        parse_space({"n_layers": {"low": 1, "high": 17}}, "space")
+    # BatchNorm's momentum is checked where it means something
+    parse_space({"batchnorm": True, "bn_momentum": {"low": 0.01, "high": 0.3}}, "space")
+    space = tmp_path / "deep.json"
+    space.write_text(json.dumps(dict(TINY_SPACE, n_layers={"low": 1, "high": 3}, batchnorm={"choices": [False, True]},
+                                     init={"choices": ["scaled", "kaiming"]}, n_hidden=16)))
+    out = tmp_path / "s"
+    r = sweep_cli("-i", words, "-o", out, "--space", space, "--n-trials", 4, "--jobs", 2, "--json", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    best = json.loads((out / "best.json").read_text())["config"]
+    assert best["n_layers"] in (1, 2, 3) and isinstance(best["batchnorm"], bool)

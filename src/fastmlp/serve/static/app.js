@@ -36,6 +36,7 @@ function settings() {
     if (!el.name || v === "") continue;
     if (el.type === "number") out[el.name] = Number(v);
     else if (el.name === "learning_rate") out[el.name] = Number(v);
+    else if (el.name === "batchnorm") out[el.name] = v === "true";
     else out[el.name] = v;
   }
   return out;

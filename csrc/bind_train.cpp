@@ -197,15 +197,19 @@ py::array_t<int32_t> sample(py::handle params, py::handle n_, py::handle max_len
 
 // The multipliers (0 or 1/(1-p)) that train_steps applies to the hidden layer at
 // global step `step`: the same function of (seed, step, unit) the C++ loop uses.
-py::array_t<float> dropout_mask(py::handle seed_, py::handle step_, py::handle B_, py::handle H_, double p) {
+py::array_t<float> dropout_mask(py::handle seed_, py::handle step_, py::handle B_, py::handle H_, double p,
+                                py::handle layer_, py::handle n_layers_) {
   const float pf = check_dropout(p);
   const uint64_t seed = seed_arg(seed_);
   const int64_t step = int_arg(step_, "step", 0, INT64_MAX), B = int_arg(B_, "B", 1, kMaxDim),
                 H = int_arg(H_, "H", 1, kMaxDim);
+  const int n_layers = (int)int_arg(n_layers_, "n_layers", 1, kMaxLayers);
+  const int layer = (int)int_arg(layer_, "layer", 1, n_layers);
   if (B * H > (int64_t(1) << 31)) throw py::value_error("B * H must be at most 2**31");
   auto out = empty<float>({B, H});
   float* o = out.mutable_data();
-  const uint32_t key = dropout_key(seed, step), threshold = (uint32_t)((double)pf * 4294967296.0);
+  const uint32_t key = dropout_layer_key(dropout_key(seed, step), layer, n_layers),
+                 threshold = (uint32_t)((double)pf * 4294967296.0);
   for (int64_t e = 0; e < B * H; ++e) o[e] = mix32((uint32_t)e ^ key) >= threshold ? 1.f / (1.f - pf) : 0.f;
   return out;
 }

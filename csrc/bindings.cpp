@@ -234,7 +234,8 @@ py::tuple mlp_loss_and_grad(py::handle params, py::handle X_, py::handle Y_, py:
   MutParams gp = in_order(data_of(g), d.L, d.bn != 0);
   py::array_t<float> mask;
   if (!mask_.is_none()) {
-    mask = typed<float>(mask_, "dropout_mask", {N, (int64_t)d.H}, "(N, H)");
+    mask = d.L == 1 ? typed<float>(mask_, "dropout_mask", {N, (int64_t)d.H}, "(N, H)")
+                    : typed<float>(mask_, "dropout_mask", {d.L, N, (int64_t)d.H}, "(n_layers, N, H)");
     require_finite(mask, "dropout_mask");
   }
   double loss;

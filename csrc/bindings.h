@@ -38,7 +38,8 @@ py::array_t<float> train_steps(py::handle params, py::handle X, py::handle Y, py
                                py::handle profile, py::handle diag, py::handle batchnorm);
 py::array_t<int32_t> sample(py::handle params, py::handle n, py::handle max_len, py::handle seed, double temperature,
                             py::handle top_k, py::handle batchnorm, py::handle threads);
-py::array_t<float> dropout_mask(py::handle seed, py::handle step, py::handle B, py::handle H, double p);
+py::array_t<float> dropout_mask(py::handle seed, py::handle step, py::handle B, py::handle H, double p,
+                                py::handle layer, py::handle n_layers);
 py::array_t<uint64_t> rng_state(py::handle seed);
 
 }  // namespace bind

@@ -122,8 +122,8 @@ struct TrainArgs {
   uint64_t* rng_state;        // (4,) xoshiro256** state, never all zero; advanced when sampling
   float* losses;              // (steps,) out: minibatch loss before each update
   const Optimizer* opt;       // nullptr: plain SGD, fused into the gradient products
-  float dropout;              // probability of dropping each unit of the last hidden layer (inverted); 0 = off
-  uint64_t dropout_seed;      // masks depend on (dropout_seed, step0 + step, unit) only
+  float dropout;              // probability of dropping each unit of every hidden layer (inverted); 0 = off
+  uint64_t dropout_seed;      // masks depend on (dropout_seed, step0 + step, layer, unit) only
   int64_t step0;              // global index of the first step of this call
   const volatile int32_t* stop;  // polled between steps: nonzero returns early (Ctrl-C); may be null
   const DiagArgs* diag;       // not null: record the diagnostics of every diag->every-th step
@@ -175,7 +175,7 @@ struct KernelTable {
   double (*mlp_loss_sum)(const Params& P, const Dims& d, const int32_t* X, const int32_t* Y, int64_t N, Exec& ex);
   // Mean loss and its gradients (overwritten) for one batch, in training mode (BatchNorm
   // with the batch's statistics; the running ones are not touched). dropout_mask: null,
-  // or (N, H) multipliers applied to the last hidden layer (0 or 1/(1-p), inverted dropout).
+  // or (L, N, H) multipliers applied to each hidden layer's output (0 or 1/(1-p), inverted dropout).
   double (*mlp_loss_and_grad)(const Params& P, const Dims& d, const int32_t* X, const int32_t* Y, int64_t N,
                               const MutParams& grads, const float* dropout_mask, Exec& ex);
   // Runs args.steps steps in place on P. Returns the number completed: fewer when a loss

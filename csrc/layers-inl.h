@@ -236,14 +236,22 @@ inline void batchnorm_backward_share(const float* dy, const float* xhat, const B
 }
 
 // ---------------------------------------------------------------------------
-// Dropout on the hidden layer (inverted): hd = h * s, dt = tanh_grad(s, h), where the
-// multiplier s is 1/(1-p) for a kept unit and 0 for a dropped one (and for pads).
+// Dropout on every hidden layer's output (inverted): hd = h * s, dt = tanh_grad(s, h),
+// where the multiplier s is 1/(1-p) for a kept unit and 0 for a dropped one (and for pads).
 // ---------------------------------------------------------------------------
 struct Dropout {
   float p = 0.f;                // probability of dropping a hidden unit; 0 = off
-  uint32_t key = 0;             // this step's mask key (dropout_key)
-  const float* mask = nullptr;  // explicit (N, H) multipliers instead of drawn ones
+  uint32_t key = 0;             // this step's mask key (dropout_key): its last hidden layer's
+  const float* mask = nullptr;  // explicit (L, N, H) multipliers instead of drawn ones
+  int64_t mask_stride = 0;      // N * H: one layer's explicit multipliers
   bool on() const { return p > 0.f || mask != nullptr; }
+  // hidden layer l's (0-based) of n: its own key, its slice of the explicit mask
+  Dropout layer(int l, int n) const {
+    Dropout d = *this;
+    d.key = dropout_layer_key(key, l + 1, n);
+    if (mask) d.mask = mask + l * mask_stride;
+    return d;
+  }
 };
 
 inline void dropout_rows(const Dropout& dr, const float* h, int H, int Hp, int64_t r0, int64_t r1, float* hd,

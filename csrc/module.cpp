@@ -155,8 +155,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("mlp_loss_and_grad", &mlp_loss_and_grad, py::arg("params"), py::arg("X"), py::arg("Y"),
         py::arg("dropout_mask") = py::none(), py::kw_only(), BN, T,
         "(loss, gradients in the parameters' order) for one batch in training mode (BatchNorm with the batch's "
-        "statistics; the running ones untouched); dropout_mask: optional (N, H) multipliers on the last hidden "
-        "layer.");
+        "statistics; the running ones untouched); dropout_mask: optional multipliers of every hidden layer's output, "
+        "(N, H) for one layer, (n_layers, N, H) for more.");
   m.def("train_steps", &train_steps, py::arg("params"), py::arg("X"), py::arg("Y"), py::arg("lrs"), py::kw_only(),
         py::arg("batch_size") = py::none(), py::arg("rng_state") = py::none(), py::arg("batches") = py::none(),
         py::arg("optimizer") = py::none(), py::arg("dropout") = 0.0, py::arg("dropout_seed") = 0,
@@ -165,14 +165,17 @@ PYBIND11_MODULE(_core, m) {
         "Runs len(lrs) steps in place on params (GIL released). Minibatches of batch_size are drawn with rng_state "
         "(advanced in place), or given as batches (steps, B) int64. optimizer: None (SGD fused into the products) or "
         "a fastmlp.optim optimizer, whose state and step are updated. batchnorm: as mlp_forward's; its running "
-        "statistics are updated in place. dropout: inverted dropout on the last hidden layer, masks from (dropout_seed, step0 + step). stop: an int32 array (1,) polled between steps; nonzero "
+        "statistics are updated in place. dropout: inverted dropout on every hidden layer's output, masks from "
+        "(dropout_seed, step0 + step, layer) (dropout_mask). stop: an int32 array (1,) polled between steps; nonzero "
         "returns early. profile: a float64 array (threads, 2) that receives, per thread, the seconds spent in the "
         "team's barriers and in the whole loop. diag: (out, bins, pre_range, sat, act, every) records the diagnostics of "
         "every step whose global index step0 + s is a multiple of every, the k-th in row k of out (float64, "
         "(n, 25 + 3 * bins); layout: fastmlp.diagnostics; rows not reached are NaN). Returns the per-step losses; shorter than lrs if stopped, or if a "
         "loss became NaN/inf (then it is the last entry and that step was not applied).");
   m.def("dropout_mask", &dropout_mask, py::arg("seed"), py::arg("step"), py::arg("B"), py::arg("H"), py::arg("p"),
-        "The (B, H) dropout multipliers train_steps uses at global step `step`.");
+        py::arg("layer") = 1, py::arg("n_layers") = 1,
+        "The (B, H) dropout multipliers train_steps uses at global step `step` on hidden layer `layer` (1..n_layers) "
+        "of a model with n_layers hidden layers.");
   m.def("sample", &sample, py::arg("params"), py::arg("n"), py::arg("max_len"), py::arg("seed"),
         py::arg("temperature") = 1.0, py::arg("top_k") = 0, py::kw_only(), BN, T,
         "n words as int32 (n, max_len) character indices, each ended by 0 ('.') unless max_len was reached.");

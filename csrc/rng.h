@@ -66,6 +66,13 @@ static inline uint32_t dropout_key(uint64_t seed, int64_t step) {
   return mix32((uint32_t)seed ^ mix32((uint32_t)(seed >> 32) ^ mix32((uint32_t)step ^ mix32((uint32_t)(step >> 32)))));
 }
 
+// The key of hidden layer `layer` (1..n_layers) of a step whose key is `key`: the last
+// hidden layer (the lecture's only one) uses the step's key itself.
+static inline uint32_t dropout_layer_key(uint32_t key, int layer, int n_layers) {
+  const uint32_t from_top = (uint32_t)(n_layers - layer);
+  return from_top == 0 ? key : mix32(key ^ (0x9E3779B9u * from_top));
+}
+
 // Uniform float in [0, 1) with 24 random bits.
 static inline float rng_uniform(uint64_t s[4]) {
   return (float)(rng_next(s) >> 40) * (1.0f / 16777216.0f);

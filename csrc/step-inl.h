@@ -15,7 +15,7 @@ struct StepWork {
   float* dy;               // BatchNorm: d(loss)/d(its output), one layer at a time (B, Hp)
   bool bn_update = false;  // BatchNorm: move the running statistics (train_steps)
   float* colsum;           // the bias gradients' column sums when the update is fused, (Vp + L Hp)
-  float *hd, *dt;          // dropout: h * mask and mask * (1 - h^2), (B, Hp)
+  float *hd[kMaxLayers], *dt[kMaxLayers];  // dropout: h * mask and mask * (1 - h^2), (B, Hp) a layer
   int32_t *Xb[2], *Yb[2];  // two batches: the next one is drawn while the current one is finished
   int64_t* ix;             // the example indices of a batch
   Barrier bar;             // the team's
@@ -53,8 +53,12 @@ struct StepWork {
     dC = b_dC.get((size_t)L.V * L.E);
     row_loss = b_loss.get((size_t)B);
     colsum = b_colsum.get((size_t)(L.Vp + L.L * L.Hp));
-    hd = b_hd.get(bh);
-    dt = b_dt.get(bh);
+    float* hds = b_hd.get(bh * L.L);
+    float* dts = b_dt.get(bh * L.L);
+    for (int l = 0; l < L.L; ++l) {
+      hd[l] = hds + l * bh;
+      dt[l] = dts + l * bh;
+    }
     ix = b_ix.get_as<int64_t>((size_t)B);
     for (int i = 0; i < 2; ++i) {
       Xb[i] = b_X[i].get_as<int32_t>((size_t)(B * L.T));
@@ -79,25 +83,29 @@ double step_team(const PadWeights& W, const PadWeights* G, float lr, const Layou
   const int H = L.H, V = L.V, Hp = L.Hp, Vp = L.Vp, n = L.L;
   int64_t r0, r1;
   my_share(B, &r0, &r1);
-  const float* x = ws.emb;  // layer l's input rows
+  const float* in[kMaxLayers + 1];  // each layer's input rows: emb, then the hidden outputs (after dropout)
+  in[0] = ws.emb;
   for (int l = 0; l < n; ++l) {
     if (!L.bn) {
-      linear_forward_rows<true>(x, L.ld_in(l), L.fan_in(l), W.W[l], Hp, W.b[l], ws.h[l], r0, r1);  // tanh(x W + b)
+      linear_forward_rows<true>(in[l], L.ld_in(l), L.fan_in(l), W.W[l], Hp, W.b[l], ws.h[l], r0, r1);  // tanh(x W + b)
     } else {  // tanh(BN(x W)): the statistics need every row
-      linear_nobias_forward_rows(x, L.ld_in(l), L.fan_in(l), W.W[l], Hp, ws.pre[l], r0, r1);
+      linear_nobias_forward_rows(in[l], L.ld_in(l), L.fan_in(l), W.W[l], Hp, ws.pre[l], r0, r1);
       team_barrier(ws.bar);
       batchnorm_tanh_forward_share(ws.pre[l], B, Hp, W.gamma[l], W.beta[l], L.eps, ws.xhat[l], ws.h[l],
                                    ws.stats[l]);
       team_barrier(ws.bar);
     }
-    x = ws.h[l];
+    in[l + 1] = ws.h[l];
+    if (dr.on()) {  // this thread's rows, each layer with its own mask
+      dropout_rows(dr.layer(l, n), ws.h[l], H, Hp, r0, r1, ws.hd[l], ws.dt[l]);
+      in[l + 1] = ws.hd[l];
+    }
   }
   if (dg) {  // each layer's tanh input, by the forward's own product (or BatchNorm's gamma xhat + beta)
     for (int l = 0; l < n; ++l) {
       float* pre = dg->pre_of(l);
       if (!L.bn) {
-        linear_forward_rows<false>(l == 0 ? ws.emb : ws.h[l - 1], L.ld_in(l), L.fan_in(l), W.W[l], Hp, W.b[l], pre,
-                                   r0, r1);
+        linear_forward_rows<false>(in[l], L.ld_in(l), L.fan_in(l), W.W[l], Hp, W.b[l], pre, r0, r1);
       } else {
         for (int64_t i = r0; i < r1; ++i)
           for (int j = 0; j < Hp; j += VW)
@@ -106,11 +114,7 @@ double step_team(const PadWeights& W, const PadWeights* G, float lr, const Layou
     }
     if (team_rank() == 0) copy_weights(W, dg->before->w, L);  // nothing is updated before the barrier
   }
-  const float* hout = ws.h[n - 1];  // what the output layer sees
-  if (dr.on()) {
-    dropout_rows(dr, hout, H, Hp, r0, r1, ws.hd, ws.dt);
-    hout = ws.hd;
-  }
+  const float* hout = in[n];  // what the output layer sees
   linear_forward_rows<false>(hout, Hp, H, W.W[n], Vp, W.b[n], ws.logits, r0, r1);  // logits = h W + b
   xent_rows(ws.logits, Vp, Yb, V, r0, r1, ws.dlogits, 1.0f / (float)B, ws.row_loss, ex);
   // and a share of the transposed weights the backward pass reads, made before any update
@@ -130,8 +134,8 @@ double step_team(const PadWeights& W, const PadWeights* G, float lr, const Layou
   int M = V;
   for (int l = n - 1; l >= 0; --l) {
     float* out = L.bn ? ws.dy : ws.dpre[l];
-    if (l == n - 1 && dr.on())
-      linear_backward_input_rows<kMul>(g, ldg, M, ws.wt[l + 1], Hp, out, ws.dt, r0, r1);
+    if (dr.on())
+      linear_backward_input_rows<kMul>(g, ldg, M, ws.wt[l + 1], Hp, out, ws.dt[l], r0, r1);
     else
       linear_backward_input_rows<kTanhGrad>(g, ldg, M, ws.wt[l + 1], Hp, out, ws.h[l], r0, r1);
     if (L.bn) {
@@ -165,7 +169,7 @@ double step_team(const PadWeights& W, const PadWeights* G, float lr, const Layou
   team_barrier(ws.bar);
   if (dg) diag_grad_rows(*dg, L, r0, r1);  // every row's max |dh| is known now
   for (int l = n - 1; l >= 0; --l) {
-    const float* xl = l == 0 ? ws.emb : ws.h[l - 1];
+    const float* xl = in[l];
     const int64_t ldx = L.ld_in(l);
     const int K = L.fan_in(l);
     if (DG) linear_backward_weight_share(xl, ldx, K, ws.dpre[l], Hp, B, DG->W[l], DG->b[l], nullptr, nullptr, 0.f);
@@ -268,6 +272,7 @@ double mlp_loss_and_grad(const Params& P, const Dims& d, const int32_t* X, const
   ws.prepare(L, N);
   Dropout dr;
   dr.mask = dropout_mask;
+  dr.mask_stride = N * d.H;
   double loss = 0.0;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(ex.threads) if (use_team(L, N, ex))

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from fastmlp import MLP, _core, optim
 from fastmlp.model import param_names
@@ -46,11 +47,16 @@ def twin(m, dtype=torch.float64, train=True):
 def torch_loss_and_grad(m, X, Y, dtype=torch.float64, mask=None):
     t = twin(m, dtype)
     logits = t(torch.as_tensor(X, dtype=torch.long)) if mask is None else None
-    if mask is not None:  # dropout on the last hidden layer: the twin's forward, by hand
+    if mask is not None:  # dropout on every hidden layer's output (mask (L, N, H)): the twin's forward, by hand
         x = t.C[torch.as_tensor(X, dtype=torch.long)].view(len(X), -1)
         for l in range(1, m.n_layers + 1):
-            x = torch.tanh(x @ getattr(t, f"W{l}") + getattr(t, f"b{l}"))
-        x = x * torch.as_tensor(mask, dtype=dtype)
+            pre = x @ getattr(t, f"W{l}")
+            if m.batchnorm:
+                pre = F.batch_norm(pre, getattr(t, f"running_mean{l}"), getattr(t, f"running_var{l}"),
+                                   getattr(t, f"gamma{l}"), getattr(t, f"beta{l}"), True, m.bn_momentum, 1e-5)
+            else:
+                pre = pre + getattr(t, f"b{l}")
+            x = torch.tanh(pre) * torch.as_tensor(mask[l - 1], dtype=dtype)
         logits = x @ getattr(t, f"W{m.n_layers + 1}") + getattr(t, f"b{m.n_layers + 1}")
     loss = nn.functional.cross_entropy(logits, torch.as_tensor(Y, dtype=torch.long))
     loss.backward()
@@ -258,16 +264,40 @@ def test_deep_training_is_identical_for_any_thread_count(small_names, bn):
             assert np.array_equal(m.buffers[k], out[0][1].buffers[k]), k
 
 
-def test_dropout_with_depth_matches_torch():
+@pytest.mark.parametrize("bn", [False, True])
+def test_dropout_on_every_layer_matches_torch(bn):
     rng = np.random.default_rng(9)
-    m = MLP(27, 3, 10, 50, seed=4, init="kaiming", n_layers=3)
+    m = MLP(27, 3, 10, 50, seed=4, init="kaiming", n_layers=3, batchnorm=bn)
     X, Y = batch(rng, 27, 3, 40)
-    mask = (rng.random((40, 50)) > 0.3).astype(np.float32) / np.float32(0.7)
+    mask = (rng.random((3, 40, 50)) > 0.3).astype(np.float32) / np.float32(0.7)
     loss, grads = m.loss_and_grad(X, Y, dropout_mask=mask)
     rloss, rgrads, _ = torch_loss_and_grad(m, X, Y, mask=mask)
     assert abs(loss - rloss) <= 1e-5 * rloss
     for k in m.param_names:
         normwise_close(grads[k], rgrads[k], 1e-4, f"d{k}")
+    with pytest.raises(ValueError, match=r"dropout_mask must be 3-D with shape \(n_layers, N, H\), "
+                                         r"got shape \(40, 50\)"):
+        m.loss_and_grad(X, Y, dropout_mask=mask[0])
+
+
+@pytest.mark.parametrize("bn", [False, True])
+def test_the_training_loop_drops_each_layer_with_its_documented_mask(small_names, bn):
+    # Each step of train_steps with dropout is loss_and_grad with the masks dropout_mask
+    # documents (one a layer; the last layer's is the one-layer model's): the same forward,
+    # so the same loss to the last bit, step after step.
+    X, Y = small_names.train
+    m = MLP(small_names.vocab.size, 3, 10, 40, seed=5, init="kaiming", n_layers=3, batchnorm=bn)
+    batches = np.random.default_rng(2).integers(0, len(Y), (20, 32))
+    p, seed = 0.25, 7
+    for s, ix in enumerate(batches):
+        masks = np.stack([_core.dropout_mask(seed, s, 32, 40, p, layer=l, n_layers=3) for l in (1, 2, 3)])
+        expect = m.loss_and_grad(X[ix], Y[ix], dropout_mask=masks)[0]
+        got = _core.train_steps(m.arrays(), X, Y, np.full(1, 0.1, np.float32), batches=ix[None], dropout=p,
+                                dropout_seed=seed, step0=s, batchnorm=m.bn_args())[0]
+        assert got == np.float32(expect), (s, got, expect)
+    first, second = (_core.dropout_mask(seed, 0, 32, 40, p, layer, 3) for layer in (1, 2))
+    assert not np.array_equal(first, second)
+    assert np.array_equal(_core.dropout_mask(seed, 0, 32, 40, p, 3, 3), _core.dropout_mask(seed, 0, 32, 40, p))
 
 
 def test_kaiming_init_follows_part_3():

@@ -51,7 +51,7 @@ class TrainConfig:
     beta1: float = 0.9              # AdamW
     beta2: float = 0.999
     weight_decay: float = 0.0       # SGD: g += wd * p; AdamW: decoupled, p *= 1 - lr * wd
-    dropout: float = 0.0            # inverted dropout on the last hidden layer while training
+    dropout: float = 0.0            # inverted dropout on every hidden layer's output while training
     batch_size: int = 32
     max_steps: int = 200_000
     learning_rate: float = 0.1

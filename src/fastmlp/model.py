@@ -373,7 +373,8 @@ class MLP:
                       ) -> Tuple[float, Dict[str, np.ndarray]]:
         """Mean loss of one batch and its gradients, under the names and shapes of ``params``,
         in training mode (BatchNorm with the batch's statistics; the running ones untouched).
-        dropout_mask: optional (N, n_hidden) float32 multipliers for the last hidden layer."""
+        dropout_mask: optional float32 multipliers of each hidden layer's output, (N, n_hidden) for
+        one layer, (n_layers, N, n_hidden) for more."""
         loss, grads = _core.mlp_loss_and_grad(self.arrays(), self._indices(X, "X", 2), self._indices(Y, "Y", 1),
                                               dropout_mask, batchnorm=self.bn_args(), threads=threads)
         return float(loss), dict(zip(self.param_names, grads))

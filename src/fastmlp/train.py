@@ -207,7 +207,7 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--weight-decay", type=float, help="sgd: L2 added to the gradient; adamw: decoupled decay")
     g.add_argument("--beta1", type=float, help="adamw: first-moment decay (0.9)")
     g.add_argument("--beta2", type=float, help="adamw: second-moment decay (0.999)")
-    g.add_argument("--dropout", type=float, help="dropout probability on the last hidden layer (0: none)")
+    g.add_argument("--dropout", type=float, help="dropout probability on every hidden layer's output (0: none)")
     g.add_argument("-b", "--batch-size", type=int_arg("--batch-size", 1, 1 << 30), help="minibatch size (lecture: 32)")
     g.add_argument("--max-steps", type=int_arg("--max-steps", 0, 1 << 40), help="steps in total (lecture: 200000)")
     g.add_argument("-l", "--learning-rate", type=float, help="initial learning rate (lecture: 0.1)")

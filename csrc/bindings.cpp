@@ -127,6 +127,52 @@ py::object cross_entropy(py::handle logits_, py::handle Y_, bool with_grad, py::
   return py::make_tuple(s / (double)N, d);
 }
 
+py::tuple batchnorm_tanh_forward(py::handle pre_, py::handle gamma_, py::handle beta_, double eps,
+                                 py::handle threads) {
+  Exec ex = exec_for(threads);
+  auto pre = typed<float>(pre_, "pre", {-1, -1}, "(N, H)");
+  const int64_t N = pre.shape(0), H = pre.shape(1);
+  if (N < 2) throw py::value_error("BatchNorm needs at least 2 rows in training (the batch's variance), got N = " +
+                                   std::to_string(N));
+  if (H < 1) throw py::value_error("pre must have H >= 1 columns, got " + shape_str(pre));
+  auto gamma = typed<float>(gamma_, "gamma", {H}, "(H,)");
+  auto beta = typed<float>(beta_, "beta", {H}, "(H,)");
+  require_finite(pre, "pre");
+  require_finite(gamma, "gamma");
+  require_finite(beta, "beta");
+  if (!(eps > 0) || !std::isfinite((float)eps) || (float)eps <= 0.f)
+    throw py::value_error("eps must be a finite number > 0, got " + fmt(eps));
+  auto h = empty<float>({N, H}), xhat = empty<float>({N, H}), stats = empty<float>({3, H});
+  float *ph = h.mutable_data(), *px = xhat.mutable_data(), *ps = stats.mutable_data();
+  {
+    const KernelTable& k = active_kernels();
+    py::gil_scoped_release nogil;
+    k.batchnorm_tanh_forward(pre.data(), gamma.data(), beta.data(), (float)eps, ph, px, ps, N, (int)H, ex);
+  }
+  return py::make_tuple(h, xhat, stats);
+}
+
+py::tuple batchnorm_tanh_backward(py::handle dh_, py::handle h_, py::handle xhat_, py::handle stats_,
+                                  py::handle gamma_, py::handle threads) {
+  Exec ex = exec_for(threads);
+  auto dh = typed<float>(dh_, "dh", {-1, -1}, "(N, H)");
+  const int64_t N = dh.shape(0), H = dh.shape(1);
+  if (N < 2) throw py::value_error("BatchNorm needs at least 2 rows in training, got N = " + std::to_string(N));
+  auto h = typed<float>(h_, "h", {N, H}, "(N, H)");
+  auto xhat = typed<float>(xhat_, "xhat", {N, H}, "(N, H)");
+  auto stats = typed<float>(stats_, "stats", {3, H}, "(3, H)");
+  auto gamma = typed<float>(gamma_, "gamma", {H}, "(H,)");
+  auto dpre = empty<float>({N, H}), dgamma = empty<float>({H}), dbeta = empty<float>({H});
+  float *pd = dpre.mutable_data(), *pg = dgamma.mutable_data(), *pb = dbeta.mutable_data();
+  {
+    const KernelTable& k = active_kernels();
+    py::gil_scoped_release nogil;
+    k.batchnorm_tanh_backward(dh.data(), h.data(), xhat.data(), stats.data(), gamma.data(), pd, pg, pb, N, (int)H,
+                              ex);
+  }
+  return py::make_tuple(dpre, dgamma, dbeta);
+}
+
 // ---------------------------------------------------------------------------
 // Optimizers. check_optimizer holds every hyperparameter's one bound; fastmlp.optim
 // calls it when an optimizer is made, and train_steps when it runs one.

@@ -15,6 +15,9 @@ py::array_t<float> embedding_backward(py::handle d_emb, py::handle X, py::handle
 py::array_t<float> linear_forward(py::handle x, py::handle W, py::handle b, bool tanh, py::handle threads);
 py::tuple linear_backward(py::handle dy, py::handle y, py::handle x, py::handle W, bool tanh, py::handle threads);
 py::object cross_entropy(py::handle logits, py::handle Y, bool with_grad, py::handle threads);
+py::tuple batchnorm_tanh_forward(py::handle pre, py::handle gamma, py::handle beta, double eps, py::handle threads);
+py::tuple batchnorm_tanh_backward(py::handle dh, py::handle h, py::handle xhat, py::handle stats, py::handle gamma,
+                                  py::handle threads);
 
 // optimizers (bindings.cpp): every hyperparameter's one bound is in check_optimizer
 Optimizer check_optimizer(const std::string& kind, double momentum, bool nesterov, double beta1, double beta2,

@@ -64,6 +64,8 @@ extern const KernelTable FASTMLP_CAT(kernels_, FASTMLP_ISA) = {
     FASTMLP_ISA::linear_forward,
     FASTMLP_ISA::linear_backward,
     FASTMLP_ISA::cross_entropy,
+    FASTMLP_ISA::batchnorm_tanh_forward,
+    FASTMLP_ISA::batchnorm_tanh_backward,
     FASTMLP_ISA::sgd_update,
     FASTMLP_ISA::optimizer_update,
     FASTMLP_ISA::mlp_forward,

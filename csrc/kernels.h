@@ -161,6 +161,14 @@ struct KernelTable {
   // Sum of the softmax cross-entropy of logits (N, V) against Y (N,), in double; if
   // dlogits is not null it receives d(mean loss)/d(logits) (N, V).
   double (*cross_entropy)(const float* logits, const int32_t* Y, float* dlogits, int64_t N, int V, Exec& ex);
+  // BatchNorm1d in training mode, then tanh: h (N, H) = tanh(gamma (pre - mean) / sqrt(var + eps) + beta)
+  // with the batch's mean and biased var; xhat (N, H) and stats (3, H) = mean, var, 1 / sqrt(var + eps) out.
+  void (*batchnorm_tanh_forward)(const float* pre, const float* gamma, const float* beta, float eps, float* h,
+                                 float* xhat, float* stats, int64_t N, int H, Exec& ex);
+  // Its backward from dh (N, H) (the tanh output's gradient): dpre (N, H), dgamma, dbeta (H,).
+  void (*batchnorm_tanh_backward)(const float* dh, const float* h, const float* xhat, const float* stats,
+                                  const float* gamma, float* dpre, float* dgamma, float* dbeta, int64_t N, int H,
+                                  Exec& ex);
 
   // p -= lr * g
   void (*sgd_update)(float* p, const float* g, int64_t n, float lr, Exec& ex);

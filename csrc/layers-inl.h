@@ -439,3 +439,40 @@ double cross_entropy(const float* logits, const int32_t* Y, float* dlogits, int6
   for (int64_t i = 0; i < N; ++i) s += row_loss[i];
   return s;
 }
+
+// BatchNorm1d + tanh on all rows (the training step's column-shared functions, on a team
+// when the work is large enough); caller's layout (N, H), padded here.
+void batchnorm_tanh_forward(const float* pre, const float* gamma, const float* beta, float eps, float* h, float* xhat,
+                            float* stats, int64_t N, int H, Exec& ex) {
+  const Padded P(pre, N, H), g(gamma, 1, H), b(beta, 1, H);
+  const int Hp = P.ld;
+  Buf hb, xb, sb;
+  float *hp = hb.get((size_t)N * Hp), *xp = xb.get((size_t)N * Hp), *sp = sb.get((size_t)3 * Hp);
+  const BatchNormStats st{sp, sp + Hp, sp + 2 * Hp};
+#ifdef _OPENMP
+#pragma omp parallel num_threads(ex.threads) if (big_enough(ex, N * H * 16))
+#endif
+  batchnorm_tanh_forward_share(P.p, N, Hp, g.p, b.p, eps, xp, hp, st);
+  copy_unpad(hp, Hp, N, H, h);
+  copy_unpad(xp, Hp, N, H, xhat);
+  for (int k = 0; k < 3; ++k) copy_unpad(sp + k * Hp, Hp, 1, H, stats + (int64_t)k * H);
+}
+
+void batchnorm_tanh_backward(const float* dh, const float* h, const float* xhat, const float* stats,
+                             const float* gamma, float* dpre, float* dgamma, float* dbeta, int64_t N, int H, Exec& ex) {
+  const Padded D(dh, N, H), Hh(h, N, H), X(xhat, N, H), S(stats, 3, H), g(gamma, 1, H);
+  const int Hp = D.ld;
+  Buf yb, db, gb, bb, gam;
+  float *dy = yb.get((size_t)N * Hp), *dp = db.get((size_t)N * Hp), *dg = gb.get(Hp), *dbt = bb.get(Hp);
+  float* gm = gam.get(Hp);  // a copy: the kernel's gamma is written only by a fused update, never here
+  memcpy(gm, g.p, sizeof(float) * Hp);
+  tanh_backward_rows(D.p, Hh.p, Hp, 0, N, dy);
+  const BatchNormStats st{const_cast<float*>(S.p), const_cast<float*>(S.p) + Hp, const_cast<float*>(S.p) + 2 * Hp};
+#ifdef _OPENMP
+#pragma omp parallel num_threads(ex.threads) if (big_enough(ex, N * H * 16))
+#endif
+  batchnorm_backward_share(dy, X.p, st, N, Hp, gm, nullptr, dp, dg, dbt, false, 0.f, nullptr, nullptr, 0.f);
+  copy_unpad(dp, Hp, N, H, dpre);
+  memcpy(dgamma, dg, sizeof(float) * H);
+  memcpy(dbeta, dbt, sizeof(float) * H);
+}

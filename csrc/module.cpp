@@ -116,6 +116,13 @@ PYBIND11_MODULE(_core, m) {
   m.def("cross_entropy_loss", [](py::handle z, py::handle Y, py::handle t) { return cross_entropy(z, Y, false, t); },
         py::arg("logits"), py::arg("Y"), py::kw_only(), T, "Mean softmax cross-entropy (no gradient).");
 
+  m.def("batchnorm_tanh_forward", &batchnorm_tanh_forward, py::arg("pre"), py::arg("gamma"), py::arg("beta"),
+        py::arg("eps") = 1e-5, py::kw_only(), T,
+        "(h, xhat, stats): h (N, H) = tanh(gamma (pre - mean) / sqrt(var + eps) + beta), BatchNorm1d in training "
+        "mode (the batch's mean and biased variance); stats (3, H) = mean, var, 1 / sqrt(var + eps).");
+  m.def("batchnorm_tanh_backward", &batchnorm_tanh_backward, py::arg("dh"), py::arg("h"), py::arg("xhat"),
+        py::arg("stats"), py::arg("gamma"), py::kw_only(), T,
+        "(dpre, dgamma, dbeta) of batchnorm_tanh_forward, from dh (N, H).");
   m.def("check_optimizer",
         [](const std::string& kind, double momentum, bool nesterov, double beta1, double beta2, double eps,
            double weight_decay) { check_optimizer(kind, momentum, nesterov, beta1, beta2, eps, weight_decay); },

@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from fastmlp import MLP, _core, optim
 from fastmlp.model import param_names
 from fastmlp.torch_module import TorchMLP
-from conftest import U, copy_params, normwise_close
+from conftest import U, assert_within, copy_params, normwise_close
 
 
 SHAPES = [  # V, T, E, H, N
@@ -466,3 +466,47 @@ def test_what_a_hostile_second_look_found(tmp_path, small_names):
         TrainConfig(bn_momentum=0.5).check()
     with pytest.raises(TypeError, match="batchnorm eps must be a number, got str"):
         _core.mlp_forward(m.arrays(), X, batchnorm=m.bn_args()[:2] + ("x", 0.1))
+
+
+# -- BatchNorm1d alone: the step's column-shared kernels against torch.nn.BatchNorm1d ------------
+@pytest.mark.parametrize("N,H", [(32, 100), (2, 1), (257, 33), (64, 129)])
+def test_batchnorm_alone_equals_torch_batchnorm1d(isa, N, H):
+    # Training mode: the batch's mean and biased variance, summed in float32 over N rows
+    # (error <= N U max|x| on the mean in row order; torch's pairwise sums do better), then a
+    # few roundings a row. The output's error is then at most |gamma| invstd (N U max|x|) + 4 U
+    # a column: tiny for a spread column, but a constant one has invstd = 1/sqrt(eps) = 316
+    # and any float32 mean's last bit shows (torch float32 errs by 1.3e-5 there at N = 257).
+    # Gradients: 1e-4 normwise, as the model's. Torch float32 meets every bound too.
+    rng = np.random.default_rng(N + H)
+    pre = (rng.normal(0.5, 2.0, (N, H))).astype(np.float32)
+    pre[:, 0] = 1.25  # a constant column: variance 0, eps alone
+    gamma = rng.uniform(0.5, 1.5, H).astype(np.float32)
+    beta = rng.normal(0, 0.3, H).astype(np.float32)
+    dh = rng.normal(0, 1, (N, H)).astype(np.float32)
+    h, xhat, stats = _core.batchnorm_tanh_forward(pre, gamma, beta)
+    dpre, dgamma, dbeta = _core.batchnorm_tanh_backward(dh, h, xhat, stats, gamma)
+    for dtype in (torch.float64, torch.float32):
+        bn = nn.BatchNorm1d(H, eps=1e-5, momentum=0.1).to(dtype)
+        with torch.no_grad():
+            bn.weight.copy_(torch.from_numpy(gamma))
+            bn.bias.copy_(torch.from_numpy(beta))
+        x = torch.tensor(pre, dtype=dtype, requires_grad=True)
+        th = torch.tanh(bn(x))
+        th.backward(torch.tensor(dh, dtype=dtype))
+        if dtype == torch.float64:
+            ref = (th.detach().numpy(), x.grad.numpy(), bn.weight.grad.numpy(), bn.bias.grad.numpy(),
+                   bn.running_mean.numpy(), bn.running_var.numpy())
+            ours = (h, dpre, dgamma, dbeta)
+        else:
+            ours = (th.detach().numpy(), x.grad.numpy(), bn.weight.grad.numpy(), bn.bias.grad.numpy())
+        invstd = 1 / np.sqrt(pre.astype(np.float64).var(0) + 1e-5)
+        bound = np.abs(gamma) * invstd * (N * U * np.abs(pre).max(0)) + 4 * U
+        assert_within(ours[0], ref[0], bound, f"h ({dtype})")
+        for got, want, what in zip(ours[1:], ref[1:4], ("dpre", "dgamma", "dbeta")):
+            normwise_close(got, want, 1e-4, f"{what} ({dtype})")
+    # the statistics the backward uses, and the running ones torch's module moved to
+    np.testing.assert_allclose(stats[0], pre.astype(np.float64).mean(0), rtol=0, atol=N * U * np.abs(pre).max())
+    np.testing.assert_allclose(stats[1], pre.astype(np.float64).var(0), rtol=1e-5, atol=1e-6)
+    assert ref[5][0] == pytest.approx(0.9) and ref[4][0] == pytest.approx(0.125)  # (torch's own momentum rule)
+    with pytest.raises(ValueError, match="BatchNorm needs at least 2 rows in training"):
+        _core.batchnorm_tanh_forward(pre[:1], gamma, beta)

@@ -41,6 +41,10 @@ def linear_tanh_backward(dh: F32, h: F32, x: F32, W: F32, *, threads: Optional[i
 def linear_forward(x: F32, W: F32, b: F32, *, threads: Optional[int] = None) -> F32: ...
 def linear_backward(dy: F32, x: F32, W: F32, *, threads: Optional[int] = None) -> Tuple[F32, F32, F32]: ...
 def cross_entropy(logits: F32, Y: I32, *, threads: Optional[int] = None) -> Tuple[float, F32]: ...  # loss, dlogits
+def batchnorm_tanh_forward(pre: F32, gamma: F32, beta: F32, eps: float = 1e-5, *,
+                           threads: Optional[int] = None) -> Tuple[F32, F32, F32]: ...  # (h, xhat, stats (3, H))
+def batchnorm_tanh_backward(dh: F32, h: F32, xhat: F32, stats: F32, gamma: F32, *,
+                            threads: Optional[int] = None) -> Tuple[F32, F32, F32]: ...  # (dpre, dgamma, dbeta)
 def cross_entropy_loss(logits: F32, Y: I32, *, threads: Optional[int] = None) -> float: ...
 
 # optimizers: check_optimizer holds every hyperparameter's one bound

@@ -20,7 +20,8 @@
 #include <unistd.h>
 #endif
 
-#include <new>  // std::bad_alloc
+#include <new>        // std::bad_alloc
+#include <stdexcept>  // std::domain_error (a BatchNorm that cannot be evaluated)
 
 #include "kernels.h"
 #include "rng.h"

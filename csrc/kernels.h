@@ -140,7 +140,8 @@ struct SampleArgs {
 };
 
 // Every entry takes an Exec: its thread count, and where it reports an index that went
-// out of range during the call. Entries throw std::bad_alloc when memory runs out (never
+// out of range during the call. Entries throw std::bad_alloc when memory runs out, and the
+// evaluating ones std::domain_error for a BatchNorm whose folded weights overflow (never
 // from inside a parallel region).
 struct KernelTable {
   const char* isa;

@@ -94,11 +94,19 @@ struct PaddedCopy {
         float* Wl = w.W[l];
         float* bl = w.b[l];
         memset(bl, 0, sizeof(float) * L.Hp);
+        bool finite = true;
         for (int j = 0; j < L.H; ++j) {
           const float s = (float)((double)P.gamma[l][j] / sqrt((double)P.run_var[l][j] + (double)L.eps));
           bl[j] = P.beta[l][j] - P.run_mean[l][j] * s;
-          for (int k = 0; k < L.fan_in(l); ++k) Wl[(int64_t)k * L.Hp + j] *= s;
+          finite &= __builtin_isfinite(s) && __builtin_isfinite(bl[j]);
+          for (int k = 0; k < L.fan_in(l); ++k) {
+            Wl[(int64_t)k * L.Hp + j] *= s;
+            finite &= __builtin_isfinite(Wl[(int64_t)k * L.Hp + j]);
+          }
         }
+        // (before any parallel region: the exception reaches Python as a ValueError)
+        if (!finite) throw std::domain_error("a BatchNorm layer cannot be evaluated in float32: gamma / "
+                                             "sqrt(running_var + eps) overflows its weights (a corrupt model)");
       }
   }
   // All zero, C included (for gradients).

@@ -177,7 +177,8 @@ PYBIND11_MODULE(_core, m) {
         "returns early. profile: a float64 array (threads, 2) that receives, per thread, the seconds spent in the "
         "team's barriers and in the whole loop. diag: (out, bins, pre_range, sat, act, every) records the diagnostics of "
         "every step whose global index step0 + s is a multiple of every, the k-th in row k of out (float64, "
-        "(n, 25 + 3 * bins); layout: fastmlp.diagnostics; rows not reached are NaN). Returns the per-step losses; shorter than lrs if stopped, or if a "
+        "(n, 1 + n_layers (9 + 3 bins) + 3 n_params); layout: kernels.h, fastmlp.diagnostics; rows not reached are "
+        "NaN). Returns the per-step losses; shorter than lrs if stopped, or if a "
         "loss became NaN/inf (then it is the last entry and that step was not applied).");
   m.def("dropout_mask", &dropout_mask, py::arg("seed"), py::arg("step"), py::arg("B"), py::arg("H"), py::arg("p"),
         py::arg("layer") = 1, py::arg("n_layers") = 1,
@@ -189,6 +190,6 @@ PYBIND11_MODULE(_core, m) {
   m.def("fma_peak_gflops", &fma_peak_gflops, py::arg("threads") = 1, py::arg("seconds") = 0.2,
         "Measured FMA peak of the active kernel build on this many threads (GFLOP/s), for benchmarks.");
   m.attr("MAX_LAYERS") = (int)kMaxLayers;  // hidden layers at most
-  m.attr("DIAG_FIXED") = (int)kDiagFixed;  // a diagnostics record: DIAG_FIXED + 3 * bins doubles (kernels.h)
+  m.attr("DIAG_FIXED") = (int)kDiagFixed;  // the lecture's model's diagnostics record: DIAG_FIXED + 3 * bins doubles
   m.def("rng_state", &rng_state, py::arg("seed"), "A fresh xoshiro256** state (4,) uint64 for train_steps.");
 }

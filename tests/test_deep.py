@@ -149,10 +149,28 @@ def test_equal_to_an_nn_sequential_of_linear_batchnorm_tanh(bn):
         elog = net(emb).numpy()
     normwise_close(m.forward(X), elog, 1e-5, "eval logits")
     net.train()  # (its forward moves the running statistics, as train_steps does)
+    emb = emb.detach().requires_grad_(True)
     logits = net(emb)
-    rloss = nn.functional.cross_entropy(logits, torch.as_tensor(Y, dtype=torch.long)).item()
+    rl = nn.functional.cross_entropy(logits, torch.as_tensor(Y, dtype=torch.long))
+    rl.backward()
     loss, grads = m.loss_and_grad(X, Y)
-    assert abs(loss - rloss) <= 1e-5 * rloss
+    assert abs(loss - rl.item()) <= 1e-5 * rl.item()
+    linears = [mod for mod in net if isinstance(mod, nn.Linear)]
+    norms = [mod for mod in net if isinstance(mod, nn.BatchNorm1d)]
+    for l, lin in enumerate(linears, 1):
+        normwise_close(grads[f"W{l}"], lin.weight.grad.numpy().T, 1e-4, f"dW{l}")
+        if lin.bias is not None:
+            normwise_close(grads[f"b{l}"], lin.bias.grad.numpy(), 1e-4, f"db{l}")
+    for l, norm in enumerate(norms, 1):
+        normwise_close(grads[f"gamma{l}"], norm.weight.grad.numpy(), 1e-4, f"dgamma{l}")
+        normwise_close(grads[f"beta{l}"], norm.bias.grad.numpy(), 1e-4, f"dbeta{l}")
+    # and one fused training step moves the running statistics as the modules' forward did
+    if bn:
+        _core.train_steps(m.arrays(), X, Y, np.zeros(1, np.float32), batches=np.arange(32)[None],
+                          batchnorm=m.bn_args())
+        for l, norm in enumerate(norms, 1):
+            normwise_close(m.buffers[f"running_mean{l}"], norm.running_mean.numpy(), 1e-5, f"running_mean{l}")
+            normwise_close(m.buffers[f"running_var{l}"], norm.running_var.numpy(), 1e-5, f"running_var{l}")
 
 
 def test_constant_columns_and_batches_of_one():
@@ -247,14 +265,17 @@ def test_adamw_trajectory_matches_torch(small_names):
         normwise_close(m.buffers[k], getattr(t, k).numpy(), 2e-4, k)
 
 
-@pytest.mark.parametrize("bn", [False, True])
-def test_deep_training_is_identical_for_any_thread_count(small_names, bn):
+@pytest.mark.parametrize("bn,opt,dropout", [(False, None, 0.0), (True, None, 0.0), (True, "adamw", 0.2),
+                                            (False, "momentum", 0.1)])
+def test_deep_training_is_identical_for_any_thread_count(small_names, bn, opt, dropout):
     X, Y = small_names.train
     batches = np.random.default_rng(5).integers(0, len(Y), (20, 256))  # a team's size of work
     out = []
     for threads in (1, 2, 3):
         m = MLP(small_names.vocab.size, 3, 10, 130, seed=5, init="kaiming", n_layers=4, batchnorm=bn)
-        losses = run_steps(m, X, Y, batches, 0.1, threads=threads)
+        o = optim.AdamW(m.params) if opt == "adamw" else optim.SGD(m.params, momentum=0.9) if opt else None
+        losses = _core.train_steps(m.arrays(), X, Y, np.full(20, 1e-3 if o else 0.1, np.float32), batches=batches,
+                                   batchnorm=m.bn_args(), threads=threads, optimizer=o, dropout=dropout)
         out.append((losses, m))
     for losses, m in out[1:]:
         assert np.array_equal(losses, out[0][0])
@@ -289,12 +310,18 @@ def test_the_training_loop_drops_each_layer_with_its_documented_mask(small_names
     m = MLP(small_names.vocab.size, 3, 10, 40, seed=5, init="kaiming", n_layers=3, batchnorm=bn)
     batches = np.random.default_rng(2).integers(0, len(Y), (20, 32))
     p, seed = 0.25, 7
+    lr = 0.1
     for s, ix in enumerate(batches):
         masks = np.stack([_core.dropout_mask(seed, s, 32, 40, p, layer=l, n_layers=3) for l in (1, 2, 3)])
-        expect = m.loss_and_grad(X[ix], Y[ix], dropout_mask=masks)[0]
-        got = _core.train_steps(m.arrays(), X, Y, np.full(1, 0.1, np.float32), batches=ix[None], dropout=p,
+        expect, grads = m.loss_and_grad(X[ix], Y[ix], dropout_mask=masks)
+        before = {k: v.copy() for k, v in m.params.items()}
+        got = _core.train_steps(m.arrays(), X, Y, np.full(1, lr, np.float32), batches=ix[None], dropout=p,
                                 dropout_seed=seed, step0=s, batchnorm=m.bn_args())[0]
         assert got == np.float32(expect), (s, got, expect)
+        # and the fused update is the per-call one: p - lr g, within the two roundings of storing it
+        for k in m.param_names:
+            want = before[k].astype(np.float64) - lr * grads[k]
+            assert_within(m.params[k], want, 2 * U * (np.abs(want) + lr * np.abs(grads[k])) + 1e-30, f"step {s} {k}")
     first, second = (_core.dropout_mask(seed, 0, 32, 40, p, layer, 3) for layer in (1, 2))
     assert not np.array_equal(first, second)
     assert np.array_equal(_core.dropout_mask(seed, 0, 32, 40, p, 3, 3), _core.dropout_mask(seed, 0, 32, 40, p))
@@ -510,3 +537,52 @@ def test_batchnorm_alone_equals_torch_batchnorm1d(isa, N, H):
     assert ref[5][0] == pytest.approx(0.9) and ref[4][0] == pytest.approx(0.125)  # (torch's own momentum rule)
     with pytest.raises(ValueError, match="BatchNorm needs at least 2 rows in training"):
         _core.batchnorm_tanh_forward(pre[:1], gamma, beta)
+
+
+def test_sampling_uses_the_running_statistics(small_names):
+    # greedy sampling (top_k 1) is the argmax of the evaluation forward, character by character
+    m = MLP(small_names.vocab.size, 3, 10, 40, seed=5, init="kaiming", n_layers=2, batchnorm=True)
+    X, Y = small_names.train
+    _core.train_steps(m.arrays(), X, Y, np.full(300, 0.1, np.float32), batch_size=32, rng_state=_core.rng_state(1),
+                      batchnorm=m.bn_args())
+    out = _core.sample(m.arrays(), 4, 12, 0, 1.0, 1, batchnorm=m.eval_bn_args())
+    ctx, expect = np.zeros((1, 3), np.int32), []
+    for _ in range(12):
+        nxt = int(np.argmax(m.forward(ctx)[0]))
+        expect.append(nxt)
+        if nxt == 0:
+            break
+        ctx = np.concatenate([ctx[:, 1:], [[nxt]]], 1).astype(np.int32)
+    assert list(out[0][:len(expect)]) == expect and (out == out[0]).all()
+    # other running statistics, other words: the sampler reads them
+    m.buffers["running_mean1"][:] += 3.0
+    assert not np.array_equal(_core.sample(m.arrays(), 4, 12, 0, 1.0, 1, batchnorm=m.bn_args()), out)
+
+
+def test_optimizers_keep_the_kernels_order_whatever_the_dicts(small_names):
+    m = MLP(small_names.vocab.size, 3, 10, 20, seed=5, n_layers=2, batchnorm=True)
+    shuffled = {k: m.params[k] for k in reversed(m.param_names)}
+    opt = optim.AdamW(shuffled)
+    assert opt.names == m.param_names
+    state = {slot: {k: v for k, v in reversed(list(d.items()))} for slot, d in opt.state.items()}
+    opt.load_state(state, 3)
+    assert opt.names == m.param_names and list(opt.state["exp_avg"]) == list(m.param_names)
+    sgd = optim.SGD()  # no parameters given: they are the update's
+    _, grads = m.loss_and_grad(*small_names.dev)
+    before = m.params["W3"].copy()
+    sgd.update(m.params, grads, lr=0.1)
+    assert not np.array_equal(m.params["W3"], before)  # every layer, not the lecture's five
+    with pytest.raises(ValueError, match="are not the parameters of a model"):
+        optim.AdamW({"C": m.params["C"], "W1": m.params["W1"]})
+
+
+def test_an_eval_guard_per_unit_and_in_the_kernels():
+    m = MLP(27, 3, 10, 8, seed=1, init="kaiming", n_layers=1, batchnorm=True)
+    m.params["W1"][:, 3] = 0  # a unit with no weights and no mean: max|W| x max s would miss it
+    m.params["gamma1"][3] = 3e38
+    m.buffers["running_var1"][3] = 0
+    X = np.zeros((2, 3), np.int32)
+    with pytest.raises(ValueError, match="BatchNorm layer 1 cannot be evaluated in float32"):
+        m.forward(X)
+    with pytest.raises(ValueError, match="a BatchNorm layer cannot be evaluated in float32"):
+        _core.mlp_forward(m.arrays(), X, batchnorm=m.bn_args())  # the kernels' own check

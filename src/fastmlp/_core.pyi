@@ -70,13 +70,14 @@ def train_steps(
     dropout: float = 0.0, dropout_seed: int = 0, step0: int = 0,
     threads: Optional[int] = None, stop: Optional[I32] = None,
     profile: Optional[npt.NDArray[np.float64]] = None,  # (threads, 2): seconds in barriers, in all
-    diag: Optional[tuple] = None,  # (out float64 (n, 25 + 3 bins), bins, pre_range, sat, act (B, H) | None, every)
+    diag: Optional[tuple] = None,  # (out float64 (n, record length), bins, pre_range, sat, act (L, B, H) | None, every)
     batchnorm: BatchNorm = None,   # its running statistics are updated in place
 ) -> F32: ...
 def dropout_mask(seed: int, step: int, B: int, H: int, p: float, layer: int = 1, n_layers: int = 1) -> F32: ...
 def sample(params: Params, n: int, max_len: int, seed: int, temperature: float = 1.0, top_k: int = 0, *,
            batchnorm: BatchNorm = None, threads: Optional[int] = None) -> I32: ...
 MAX_LAYERS: int  # hidden layers at most
-DIAG_FIXED: int  # a diagnostics record is DIAG_FIXED + 3 * bins doubles
+DIAG_FIXED: int  # the lecture's model's diagnostics record is DIAG_FIXED + 3 * bins doubles; a model of L
+                 # hidden layers and P parameter tensors: 1 + L (9 + 3 bins) + 3 P
 def rng_state(seed: int) -> npt.NDArray[np.uint64]: ...
 def fma_peak_gflops(threads: int = 1, seconds: float = 0.2) -> float: ...

@@ -46,6 +46,19 @@ def param_names(n_layers: int = 1, batchnorm: bool = False) -> Tuple[str, ...]:
     return tuple(names + [f"W{n_layers + 1}", f"b{n_layers + 1}"])
 
 
+def names_in_order(keys) -> Tuple[str, ...]:
+    """The parameter names `keys` hold (any order), in the kernels' order; ValueError if they
+    are not exactly some model's."""
+    keys = set(keys)
+    bn = "gamma1" in keys
+    n = sum(1 for k in keys if k.startswith("W")) - 1
+    names = param_names(max(n, 1), bn)
+    if set(names) != keys:
+        raise ValueError(f"{sorted(keys)} are not the parameters of a model (C, W1, b1, ..., W{{L+1}}, b{{L+1}}; "
+                         f"under BatchNorm gamma and beta instead of the hidden b)")
+    return names
+
+
 def buffer_names(n_layers: int, batchnorm: bool) -> Tuple[str, ...]:
     """BatchNorm's running statistics (buffers, not parameters): running_mean1..L, running_var1..L."""
     if not batchnorm:
@@ -320,9 +333,10 @@ class MLP:
             for l in range(1, self.n_layers + 1):
                 s = np.abs(self.params[f"gamma{l}"].astype(np.float64)) / np.sqrt(
                     self.buffers[f"running_var{l}"].astype(np.float64) + BN_EPS)
-                top = float(np.abs(self.params[f"W{l}"]).max(initial=0.0)) * float(s.max(initial=0.0))
-                shift = float(np.abs(self.buffers[f"running_mean{l}"]).max(initial=0.0)) * float(s.max(initial=0.0))
-                if not (top < big and shift < big):
+                with np.errstate(over="ignore", invalid="ignore"):
+                    top = np.abs(self.params[f"W{l}"].astype(np.float64)).max(0, initial=0.0) * s  # per unit
+                    shift = np.abs(self.buffers[f"running_mean{l}"].astype(np.float64)) * s
+                if not ((s < big).all() and (top < big).all() and (shift < big).all()):
                     raise ValueError(f"BatchNorm layer {l} cannot be evaluated in float32: gamma{l} / "
                                      f"sqrt(running_var{l} + eps) reaches {float(s.max()):.3g}, which overflows its "
                                      f"weights (a corrupt or diverged model)")

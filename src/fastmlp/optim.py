@@ -17,6 +17,7 @@ from typing import Dict, Mapping, Optional, Tuple
 import numpy as np
 
 from . import _core
+from .model import names_in_order
 
 PARAM_NAMES = ("C", "W1", "b1", "W2", "b2")  # the lecture's model; a deeper one's are its params' keys
 
@@ -32,8 +33,8 @@ class Optimizer:
         _core.check_optimizer(self.kind, **self.hyper)
         self.step = 0
         self.state: Dict[str, Dict[str, np.ndarray]] = {}
-        # the parameters' names in the kernels' order (a model's params dict keeps it)
-        self.names: Tuple[str, ...] = tuple(params) if params is not None else PARAM_NAMES
+        # the parameters' names in the kernels' order, whatever order the dict has
+        self.names: Tuple[str, ...] = names_in_order(params) if params is not None else PARAM_NAMES
         if params is not None:
             self.state = {slot: {k: np.zeros_like(params[k], dtype=np.float32) for k in self.names}
                           for slot in self.slots}
@@ -42,7 +43,10 @@ class Optimizer:
         """Adopts saved state (a checkpoint's); the slots must be this optimizer's."""
         if sorted(state) != sorted(self.slots):
             raise ValueError(f"{type(self).__name__} keeps the state {list(self.slots)}, got {sorted(state)}")
-        names = tuple(next(iter(state.values()))) if state else self.names
+        names = names_in_order(next(iter(state.values()))) if state else self.names
+        for slot in self.slots:
+            if set(state[slot]) != set(names):
+                raise ValueError(f"{type(self).__name__} state {slot!r} holds {sorted(state[slot])}, not {names}")
         self.names = names
         self.state = {slot: {k: np.ascontiguousarray(state[slot][k], np.float32) for k in names}
                       for slot in self.slots}
@@ -60,6 +64,8 @@ class Optimizer:
                threads: Optional[int] = None) -> None:
         """One step on every parameter, in place (the per-call API; train_steps does the
         same inside its loop)."""
+        if not self.slots:  # no state: the parameters given say which they are
+            self.names = names_in_order(params)
         missing = [k for k in self.names if k not in grads]
         if missing:
             raise KeyError(f"grads is missing {missing}; it needs {self.names}")

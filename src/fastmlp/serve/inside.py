@@ -89,7 +89,8 @@ def inside(run, model) -> Optional[dict]:
     return {
         "step": last.step if last else None,
         "act": None if layer is None else {"counts": layer.hist.counts.tolist(), "edges": layer.hist.edges.tolist(),
-                                           "saturation": layer.saturation, "dead": layer.dead, "std": layer.std},
+                                           "saturation": layer.saturation, "dead": layer.dead, "std": layer.std,
+                                           "layers": model.n_layers},
         "update_data": {"steps": steps[::every], "log10": ratios},
         "watched": watched(run, model),
         "embedding": {"symbols": list(itos), "x": xy[:, 0].round(4).tolist(), "y": xy[:, 1].round(4).tolist(),

@@ -78,8 +78,11 @@ function drawInside(d) {
   if (d.act) {
     const e = d.act.edges, centers = e.slice(0, -1).map((v, i) => (v + e[i + 1]) / 2);
     Plotly.react("act", [{ x: centers, y: d.act.counts, type: "bar", marker: { color: "#2e86c1" } }],
-      { margin: M, bargap: 0, title: { text: `tanh outputs at step ${d.step.toLocaleString()}: ` +
-        `saturation ${(100 * d.act.saturation).toFixed(1)}%, ${d.act.dead} dead`, font: { size: 13 } },
+      { margin: M, bargap: 0, title: { text: d.act.layers > 1
+        ? `layer 1/${d.act.layers} tanh, step ${d.step.toLocaleString()}: ` +
+          `${(100 * d.act.saturation).toFixed(1)}% saturated, ${d.act.dead} dead`
+        : `tanh outputs at step ${d.step.toLocaleString()}: ` +
+          `saturation ${(100 * d.act.saturation).toFixed(1)}%, ${d.act.dead} dead`, font: { size: 13 } },
         xaxis: { title: { text: "tanh output" }, range: [-1, 1] } }, CFG);
   }
   const u = d.update_data, traces = [];

@@ -23,6 +23,7 @@ SKIP = {  # a command's start -> why the test does not run it
 }
 SHORTEN = {  # a command's start -> flags appended to it
     "python -m fastmlp.train --preset best": ["--max-steps", "400", "--eval-interval", "200"],
+    "python -m fastmlp.train -o deep": ["--max-steps", "2000", "--eval-interval", "1000"],
     "python -m fastmlp.sweep": ["--n-trials", "2", "--max-steps", "300"],
 }
 

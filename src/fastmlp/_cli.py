@@ -70,7 +70,7 @@ def add_common_args(p: argparse.ArgumentParser, model: bool = True) -> None:
                        help="characters of context (lecture: 3)")
         g.add_argument("--n-embd", type=int_arg("--n-embd", 1, MAX_SIZE), help="embedding size per character "
                                                                                "(lecture: 10)")
-        g.add_argument("--n-hidden", type=int_arg("--n-hidden", 1, MAX_SIZE), help="tanh hidden layer width "
+        g.add_argument("--n-hidden", type=int_arg("--n-hidden", 1, MAX_SIZE), help="width of every tanh hidden layer "
                                                                                    "(lecture: 200)")
         g.add_argument("--n-layers", type=int_arg("--n-layers", 1, MAX_LAYERS),
                        help=f"hidden tanh layers, 1..{MAX_LAYERS} (lecture: 1; makemore part 3: 5)")

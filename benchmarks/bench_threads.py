@@ -4,7 +4,7 @@
 
 Busy neighbour: the lecture's config for 5,000 steps through `python -m fastmlp.train`,
 on 1 thread, on all threads and with the default (automatic) choice, first alone and
-then beside another fastmlp training (`--preset best` on all threads), in one run.
+then beside another fastmlp training (`--preset best_one_layer` on all threads), in one run.
 
 Thread scaling: µs/step for 1..cores threads, and from the loop's own counter
 (train_steps(profile=...)) the share of each thread's time spent waiting in the team's
@@ -46,7 +46,7 @@ def busy_neighbour(repeats: int = 2) -> dict:
     for busy in (False, True):
         neighbour = None
         if busy:
-            neighbour = subprocess.Popen([sys.executable, "-m", "fastmlp.train", "--preset", "best", "-o",
+            neighbour = subprocess.Popen([sys.executable, "-m", "fastmlp.train", "--preset", "best_one_layer", "-o",
                                           tempfile.mkdtemp(), "--max-steps", "10000000", "--no-progress"],
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(5)  # let it start training
@@ -87,7 +87,7 @@ def thread_scaling(block_size=3, n_embd=10, n_hidden=200, batch_size=32, steps=5
 
 def render(busy: dict, scaling: list) -> str:
     lines = ["Busy neighbour (lecture config, 5,000 steps of `python -m fastmlp.train`; the neighbour trains "
-             "`--preset best` on all cores; µs/step, median of 2):", "",
+             "`--preset best_one_layer` on all cores; µs/step, median of 2):", "",
              "| mode | alone | beside a busy neighbour |", "|---|---:|---:|"]
     for m in busy["alone"]:
         lines.append(f"| {m} | {busy['alone'][m]:.1f} | {busy['busy'][m]:.1f} |")

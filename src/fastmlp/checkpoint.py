@@ -36,7 +36,7 @@ MAX_ELEMENTS = 1 << 31  # no parameter array of a loadable model is larger
 MAX_TEXT_BYTES = 1 << 28  # version 1's word list (a string; counted against max_bytes too)
 MAX_META_BYTES = 1 << 24  # the JSON metadata (parsed: a hostile one could grow ~5x in memory)
 # What load() reads at most, every array together, unless told otherwise: 268M float32
-# numbers; --preset best with AdamW's state is 3.4 MB.
+# numbers; --preset best_one_layer with AdamW's state is 3.4 MB.
 MAX_BYTES = 1 << 30
 MAX_STEPS = 1 << 40  # config.MAX_STEPS: no run is longer
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from ._files import atomic_write
 from .data import Vocab
-from .model import INITS, MAX_LAYERS, MLP, PARAM_NAMES, buffer_names, param_names
+from .model import INITS, MAX_LAYERS, MLP, PARAM_NAMES, buffer_names, param_names, param_shapes
 
 FORMAT = "fastmlp-checkpoint"
 VERSION = 3  # 3: depth and BatchNorm (n_layers, batchnorm, bn_momentum; bn.* buffers); 2: one hidden
@@ -249,10 +249,7 @@ def _load(r: _Reader, where: str) -> Checkpoint:
         if isinstance(bn_momentum, bool) or not isinstance(bn_momentum, (int, float)) or not 0 <= bn_momentum <= 1:
             raise CheckpointError(f"{where}: bn_momentum must be a number in [0, 1], got {str(bn_momentum)[:40]}")
     names = param_names(L, bn)
-    shapes = {"C": (V, E), f"W{L + 1}": (H, V), f"b{L + 1}": (V,)}
-    for l in range(1, L + 1):
-        shapes.update({f"W{l}": (T * E if l == 1 else H, H), f"b{l}": (H,), f"gamma{l}": (H,), f"beta{l}": (H,)})
-    shapes = {k: shapes[k] for k in names}
+    shapes = param_shapes(V, T, E, H, L, bn)
     buffers = buffer_names(L, bn)
     r.claimed = set(names) | {f"bn.{k}" for k in buffers}
     missing = [k for k in names + tuple(f"bn.{k}" for k in buffers) if k not in r.names]

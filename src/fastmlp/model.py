@@ -59,6 +59,15 @@ def names_in_order(keys) -> Tuple[str, ...]:
     return names
 
 
+def param_shapes(V: int, T: int, E: int, H: int, n_layers: int = 1, batchnorm: bool = False) -> Dict[str, tuple]:
+    """Each parameter's shape, in the kernels' order (param_names)."""
+    L = n_layers
+    shapes = {"C": (V, E), f"W{L + 1}": (H, V), f"b{L + 1}": (V,)}
+    for l in range(1, L + 1):
+        shapes.update({f"W{l}": (T * E if l == 1 else H, H), f"b{l}": (H,), f"gamma{l}": (H,), f"beta{l}": (H,)})
+    return {k: shapes[k] for k in param_names(L, batchnorm)}
+
+
 def buffer_names(n_layers: int, batchnorm: bool) -> Tuple[str, ...]:
     """BatchNorm's running statistics (buffers, not parameters): running_mean1..L, running_var1..L."""
     if not batchnorm:
@@ -223,9 +232,7 @@ class MLP:
         if V < 2 or E < 1 or H < 1 or TE < E or TE % E:
             raise ValueError(f"C {C.shape} and W1 {W1.shape} do not fit: need V >= 2 and W1 with a multiple of "
                              f"E = {E} rows")
-        want = {"C": (V, E), "W1": (TE, H), f"W{L + 1}": (H, V), f"b{L + 1}": (V,)}
-        for l in range(1, L + 1):
-            want.update({f"W{l}": (TE if l == 1 else H, H), f"b{l}": (H,), f"gamma{l}": (H,), f"beta{l}": (H,)})
+        want = param_shapes(V, TE // E, E, H, L, bn)
         for k in names:
             if arrays[k].shape != want[k]:
                 raise ValueError(f"{k} must have shape {want[k]} to fit C {C.shape} and W1 {W1.shape}, "

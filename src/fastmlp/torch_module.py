@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .model import BN_EPS, buffer_names, param_names
+from .model import BN_EPS, buffer_names, param_names, param_shapes
 
 PARAM_NAMES = ("C", "W1", "b1", "W2", "b2")
 
@@ -23,11 +23,8 @@ class TorchMLP(nn.Module):
         super().__init__()
         self.block_size, self.n_layers, self.batchnorm, self.bn_momentum = block_size, n_layers, batchnorm, bn_momentum
         T, E, H, V = block_size, n_embd, n_hidden, vocab_size
-        shapes = {"C": (V, E), f"W{n_layers + 1}": (H, V), f"b{n_layers + 1}": (V,)}
-        for l in range(1, n_layers + 1):
-            shapes.update({f"W{l}": (T * E if l == 1 else H, H), f"b{l}": (H,), f"gamma{l}": (H,), f"beta{l}": (H,)})
-        for k in param_names(n_layers, batchnorm):
-            setattr(self, k, nn.Parameter(torch.zeros(shapes[k])))
+        for k, shape in param_shapes(V, T, E, H, n_layers, batchnorm).items():
+            setattr(self, k, nn.Parameter(torch.zeros(shape)))
         for k in buffer_names(n_layers, batchnorm):
             self.register_buffer(k, torch.zeros(H) if k.startswith("running_mean") else torch.ones(H))
 

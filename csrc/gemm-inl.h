@@ -22,24 +22,48 @@ enum Epilogue {
 // the same order, as one pass over K: results are bit-identical.
 enum KPart { kWhole = 0, kFirst = 1, kMiddle = 2, kLast = 3 };
 
+// The k-loop of a tile: acc += A(rows, k) B(k, :) for k in [0, K), B's rows read as NV
+// vectors. AT(r, p) gives A's element of tile row r at k = p; the caller picks the
+// addressing that needs fewest registers (see gemm_tile).
+template <int MR, int NV, typename AT>
+inline void tile_k_loop(vf (&acc)[MR][NV], int K, const AT& at, const float* B, int64_t ldb) {
+#pragma GCC unroll 2
+  for (int p = 0; p < K; ++p) {
+    const float* bp = B + (int64_t)p * ldb;
+    vf b[NV];
+    for (int v = 0; v < NV; ++v) b[v] = loadu(bp + v * VW);
+    for (int r = 0; r < MR; ++r) {
+      const vf a = splat(at(r, p));
+      for (int v = 0; v < NV; ++v) acc[r][v] += a * b[v];
+    }
+  }
+}
+
 // ep: the epilogue's operand (the bias row for kBias/kBiasTanh, the matrix Hm for kTanhGrad/kMul).
 template <int MR, int NV, int EPI>
-inline void gemm_tile(int K, const float* A, int64_t sai, int64_t sap, const float* B, int64_t ldb, float* C,
+__attribute__((noinline)) void gemm_tile(int K, const float* A, int64_t sai, int64_t sap, const float* B, int64_t ldb, float* C,
                       int64_t ldc, int ncols, const float* ep, float alpha, int kpart) {
   vf acc[MR][NV];
   const bool from_c = kpart == kMiddle || kpart == kLast;
   for (int r = 0; r < MR; ++r)
     for (int v = 0; v < NV; ++v)
       acc[r][v] = from_c ? load_part(C + r * ldc + v * VW, ncols - v * VW) : vf{};
-  for (int p = 0; p < K; ++p) {
-    const float* bp = B + (int64_t)p * ldb;
-    vf b[NV];
-    for (int v = 0; v < NV; ++v) b[v] = loadu(bp + v * VW);
-    const float* ap = A + (int64_t)p * sap;
+  // The model's products read A row-major (sap == 1: x W, g W^T) or transposed (sai == 1:
+  // x^T g). Row-major rows get a pointer each, indexed by k; with A(r, p) = A[r sai + p
+  // sap] instead, 8 rows need 7 index registers beside the loop's own, GCC spilled one
+  // to an xmm register, and its reload every k took an FMA port (78% of the peak where a
+  // tile alone reached 84-88%).
+  if (sap == 1) {
+    const float* row[MR];
     for (int r = 0; r < MR; ++r) {
-      const vf a = splat(ap[r * sai]);
-      for (int v = 0; v < NV; ++v) acc[r][v] += a * b[v];
+      row[r] = A + r * sai;
+      __asm__("" : "+r"(row[r]));  // opaque: GCC would fold them back into base + r * sai
     }
+    tile_k_loop<MR, NV>(acc, K, [&](int r, int p) { return row[r][p]; }, B, ldb);
+  } else if (sai == 1) {
+    tile_k_loop<MR, NV>(acc, K, [&](int r, int p) { return A[(int64_t)p * sap + r]; }, B, ldb);
+  } else {
+    tile_k_loop<MR, NV>(acc, K, [&](int r, int p) { return A[r * sai + (int64_t)p * sap]; }, B, ldb);
   }
   if (kpart == kFirst || kpart == kMiddle) {  // a partial sum: stored as it is
     for (int v = 0; v < NV; ++v)
@@ -66,12 +90,18 @@ inline void gemm_tile(int K, const float* A, int64_t sai, int64_t sap, const flo
 template <int EPI, int MR>
 inline void gemm_tile_nv(int nv, int K, const float* A, int64_t sai, int64_t sap, const float* B, int64_t ldb,
                          float* C, int64_t ldc, int ncols, const float* ep, float alpha, int kpart) {
+  // only the shapes that fit in the registers are built (tile_rows below picks no other)
   switch (nv) {
     case 1: gemm_tile<MR, 1, EPI>(K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha, kpart); break;
-    case 2: gemm_tile<MR, 2, EPI>(K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha, kpart); break;
-    case 3: gemm_tile<MR, 3, EPI>(K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha, kpart); break;
+    case 2:
+      if constexpr (MR * 2 + 3 <= VREGS) gemm_tile<MR, 2, EPI>(K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha, kpart);
+      break;
+    case 3:
+      if constexpr (MR * 3 + 4 <= VREGS) gemm_tile<MR, 3, EPI>(K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha, kpart);
+      break;
     default:
-      if constexpr (GEMM_NV >= 4) gemm_tile<MR, 4, EPI>(K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha, kpart);
+      if constexpr (GEMM_NV >= 4 && MR * 4 + 5 <= VREGS)
+        gemm_tile<MR, 4, EPI>(K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha, kpart);
       break;
   }
 }
@@ -79,7 +109,7 @@ inline void gemm_tile_nv(int nv, int K, const float* A, int64_t sai, int64_t sap
 template <int EPI>
 inline void gemm_tile_any(int mr, int nv, int K, const float* A, int64_t sai, int64_t sap, const float* B,
                           int64_t ldb, float* C, int64_t ldc, int ncols, const float* ep, float alpha, int kpart) {
-  static_assert(GEMM_MR >= 4 && GEMM_MR <= 6, "tile dispatch below handles 4 to 6 rows");
+  static_assert(GEMM_MR >= 4 && GEMM_MR <= 8, "tile dispatch below handles 4 to 8 rows");
   switch (mr) {
     case 1: gemm_tile_nv<EPI, 1>(nv, K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha, kpart); break;
     case 2: gemm_tile_nv<EPI, 2>(nv, K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha, kpart); break;
@@ -88,11 +118,24 @@ inline void gemm_tile_any(int mr, int nv, int K, const float* A, int64_t sai, in
     case 5:
       if constexpr (GEMM_MR >= 5) gemm_tile_nv<EPI, 5>(nv, K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha, kpart);
       break;
-    default:
+    case 6:
       if constexpr (GEMM_MR >= 6) gemm_tile_nv<EPI, 6>(nv, K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha, kpart);
+      break;
+    case 7:
+      if constexpr (GEMM_MR >= 7) gemm_tile_nv<EPI, 7>(nv, K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha, kpart);
+      break;
+    default:
+      if constexpr (GEMM_MR >= 8) gemm_tile_nv<EPI, 8>(nv, K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha, kpart);
       break;
   }
 }
+
+// The most rows a tile of nv vectors may have: its accumulators, nv B vectors and one
+// broadcast in the registers (6 x 4 and 8 x 3 on AVX-512, 6 x 2 on AVX2).
+constexpr int tile_rows(int nv) { return (VREGS - 1 - nv) / nv < GEMM_MR ? (VREGS - 1 - nv) / nv : GEMM_MR; }
+
+// Piece i of n equal parts of [0, total): the parts' sizes differ by at most one.
+inline int64_t part_begin(int64_t total, int64_t n, int64_t i) { return total * i / n; }
 
 // One product's operands.
 struct GemmPlan {
@@ -113,17 +156,22 @@ inline GemmPlan plan(int64_t M, int N, int K, const float* A, int64_t sai, int64
   return {M, N, K, A, sai, sap, B, ldb, C, ldc, ep, alpha};
 }
 
-// Rows of K per block: B's block (KC rows of one column block) then fits in L1.
-constexpr int GEMM_KC = 16384 / (GEMM_NV * VW * (int)sizeof(float)) < 64 ? 64
-                        : 16384 / (GEMM_NV * VW * (int)sizeof(float));
+// B's block (kc rows of one column block) is kept to 16 KB, so it stays in L1 (32 KB on
+// Zen, 48 KB on Intel's newer cores) beside the rows of A a tile reads. A longer K is cut
+// into equal blocks: a short last block would store and reload every accumulator for a
+// few FMAs (the lecture's K = 200 in blocks of 64 ran at 76% of a whole pass's speed).
+constexpr int kBlockFloats = 16384 / (int)sizeof(float);
+inline int k_blocks(int K, int nv) {
+  const int kc_max = kBlockFloats / (nv * VW);
+  return K <= kc_max ? 1 : (K + kc_max - 1) / kc_max;
+}
 
 // B's block (kc rows, one column block) copied into contiguous memory. Rows of the
 // model's matrices are often a power-of-two number of bytes apart (H = 1024 floats:
 // 4 KB), so a block read in place maps every row to the same few L1 sets and is fetched
 // again from L2 by each row tile; packed, it stays in L1. The values are the same:
 // results are bit-identical.
-inline void pack_block(const float* B, int64_t ldb, int kc, int ncols, float* out) {
-  const int w = GEMM_NV * VW;
+inline void pack_block(const float* B, int64_t ldb, int kc, int ncols, int w, float* out) {
   for (int p = 0; p < kc; ++p) {
     const float* src = B + (int64_t)p * ldb;
     float* dst = out + p * w;
@@ -132,35 +180,42 @@ inline void pack_block(const float* B, int64_t ldb, int kc, int ncols, float* ou
   }
 }
 
-// Rows [r0, r1) of the product, all column blocks, in tiles of GEMM_MR rows. kAccumScaled
-// adds into C (the weights) and is never split over K; its K is the batch, small anyway.
+// Rows [r0, r1) of the product, all column blocks, in register tiles. The N / VW column
+// vectors are cut into equal blocks of at most GEMM_NV, the rows into equal tiles of at
+// most tile_rows(nv): an FMA has a latency of ~4 cycles on two ports, so a tile needs ~8
+// independent accumulators to keep them busy, and a remainder tile of 2 rows x 1 vector
+// (what fixed 6 x 4 tiles left of the lecture's 32 x 208) runs at an eighth of the peak.
+// kAccumScaled adds into C (the weights) and is never split over K; its K is the batch.
 template <int EPI>
 inline void gemm_rows(const GemmPlan& g, int64_t r0, int64_t r1) {
-  const int cols_per_block = GEMM_NV * VW;
-  const int kc = EPI == kAccumScaled ? g.K : GEMM_KC;
-  alignas(64) float packed[GEMM_KC * GEMM_NV * VW];  // 16 KB of this thread's stack
-  // worth it where B's rows alias in L1 (1 KB apart or a multiple) and row tiles reuse the block
-  const bool pack = g.ldb % 256 == 0 && g.K >= 64 && r1 - r0 >= 4 * GEMM_MR && kc <= GEMM_KC;
-  for (int j0 = 0; j0 < g.N; j0 += cols_per_block) {  // column block outer: B block stays in cache
-    const int ncols = g.N - j0 < cols_per_block ? g.N - j0 : cols_per_block;
-    const int nv = (ncols + VW - 1) / VW;
-    for (int k0 = 0; k0 < g.K || k0 == 0; k0 += kc) {
-      const int k1 = g.K - k0 > kc ? k0 + kc : g.K;
-      const int kpart = k1 == g.K ? (k0 == 0 ? kWhole : kLast) : (k0 == 0 ? kFirst : kMiddle);
+  alignas(64) float packed[kBlockFloats];  // 16 KB of this thread's stack
+  const int nvec = (g.N + VW - 1) / VW;
+  const int nblocks = (nvec + GEMM_NV - 1) / GEMM_NV;
+  for (int jb = 0; jb < nblocks; ++jb) {  // column block outer: B block stays in cache
+    const int v0 = (int)part_begin(nvec, nblocks, jb), nv = (int)part_begin(nvec, nblocks, jb + 1) - v0;
+    const int j0 = v0 * VW;
+    const int ncols = g.N - j0 < nv * VW ? g.N - j0 : nv * VW;
+    const int mr_max = tile_rows(nv);
+    const int64_t ntiles = (r1 - r0 + mr_max - 1) / mr_max;
+    const int nk = EPI == kAccumScaled ? 1 : k_blocks(g.K, nv);
+    for (int kb = 0; kb < nk; ++kb) {
+      const int k0 = (int)part_begin(g.K, nk, kb), k1 = (int)part_begin(g.K, nk, kb + 1);
+      const int kpart = nk == 1 ? kWhole : kb == 0 ? kFirst : kb == nk - 1 ? kLast : kMiddle;
       const float* Bk = g.B + (int64_t)k0 * g.ldb + j0;
       int64_t ldb = g.ldb;
-      if (pack) {
-        pack_block(Bk, g.ldb, k1 - k0, ncols, packed);
+      // worth it where B's rows alias in L1 (1 KB apart or a multiple) and row tiles reuse the block
+      if (g.ldb % 256 == 0 && k1 - k0 >= 64 && r1 - r0 >= 24 && (k1 - k0) * nv * VW <= kBlockFloats) {
+        pack_block(Bk, g.ldb, k1 - k0, ncols, nv * VW, packed);
         Bk = packed;
-        ldb = cols_per_block;
+        ldb = nv * VW;
       }
-      for (int64_t i0 = r0; i0 < r1; i0 += GEMM_MR) {
-        const int mr = (int)min64(GEMM_MR, r1 - i0);
+      for (int64_t t = 0; t < ntiles; ++t) {
+        const int64_t i0 = r0 + part_begin(r1 - r0, ntiles, t);
+        const int mr = (int)(r0 + part_begin(r1 - r0, ntiles, t + 1) - i0);
         const float* ept = EPI == kTanhGrad || EPI == kMul ? g.ep + i0 * g.ldc + j0 : (g.ep ? g.ep + j0 : nullptr);
         gemm_tile_any<EPI>(mr, nv, k1 - k0, g.A + i0 * g.sai + k0 * g.sap, g.sai, g.sap, Bk, ldb,
                            g.C + i0 * g.ldc + j0, g.ldc, ncols, ept, g.alpha, kpart);
       }
-      if (k1 == g.K) break;
     }
   }
 }

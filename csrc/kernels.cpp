@@ -30,7 +30,7 @@
 #include <omp.h>
 #endif
 #if defined(__AVX2__)
-#include <immintrin.h>  // only for the 8x8 transpose; intrinsics are always inlined
+#include <immintrin.h>  // the 8x8 transpose, masked loads and stores; intrinsics are always inlined
 #endif
 
 #ifndef FASTMLP_ISA

@@ -131,18 +131,20 @@ inline void linear_backward_weight_share(const float* x, int64_t ldx, int K, con
 // (db null: a layer without bias, BatchNorm's Linear.)
 
 // This thread's share of WT (cols, ldwt) = W (rows, ldw)^T, in blocks of 8 output rows.
-// Columns of WT past `rows` are left alone (the callers zero them once).
+// With 8x8 transposes (AVX2, AVX-512) the blocks cut by the last rows or columns go
+// through the same transpose (the model's 30 x 200 and 200 x 27 are both cut): WT's
+// columns [rows, round_up(rows, 8)) then receive zeros, so ldwt must reach that (the
+// padded layout's does); columns past that are left alone (the callers zero them once).
 inline void transpose_share(const float* W, int64_t ldw, int rows, int cols, float* WT, int64_t ldwt) {
   int64_t b, e;
   my_share((cols + 7) / 8, &b, &e);
   int64_t j = b * 8;
   const int64_t j1 = min64(e * 8, cols);
 #if defined(__AVX2__)
-  for (; j + 8 <= j1; j += 8) {
-    int k = 0;
-    for (; k + 8 <= rows; k += 8) transpose8x8(W + (int64_t)k * ldw + j, ldw, WT + j * ldwt + k, ldwt);
-    for (; k < rows; ++k)
-      for (int jj = 0; jj < 8; ++jj) WT[(j + jj) * ldwt + k] = W[(int64_t)k * ldw + j + jj];
+  for (; j < j1; j += 8) {
+    const int nc = (int)min64(8, j1 - j);
+    for (int k = 0; k < rows; k += 8)
+      transpose8x8(W + (int64_t)k * ldw + j, ldw, WT + j * ldwt + k, ldwt, rows - k < 8 ? rows - k : 8, nc);
   }
 #endif
   for (; j < j1; ++j)

@@ -6,18 +6,28 @@
 // Vectors use the GCC/Clang vector extension: one source, lowered to SSE2, AVX2+FMA,
 // AVX-512 or NEON by the flags the build passes.
 
+// A register tile of the product is up to GEMM_MR rows x GEMM_NV vectors of accumulators;
+// with its GEMM_NV vectors of B and one broadcast of A it must fit in the ISA's registers
+// (gemm-inl.h sizes each tile by that rule).
 #if defined(__AVX512F__)
-constexpr int VW = 16;      // floats per register
-constexpr int GEMM_MR = 6;  // rows of a register tile
-constexpr int GEMM_NV = 4;  // registers per tile row
+constexpr int VW = 16;       // floats per register
+constexpr int GEMM_MR = 8;   // most rows of a register tile
+constexpr int GEMM_NV = 4;   // most registers per tile row
+constexpr int VREGS = 32;    // zmm0-31
 #elif defined(__AVX2__)
 constexpr int VW = 8;
 constexpr int GEMM_MR = 6;
 constexpr int GEMM_NV = 2;
+constexpr int VREGS = 16;
 #else
 constexpr int VW = 4;
 constexpr int GEMM_MR = 4;
 constexpr int GEMM_NV = 3;
+#if defined(__aarch64__)
+constexpr int VREGS = 32;
+#else
+constexpr int VREGS = 16;  // SSE2: xmm0-15
+#endif
 #endif
 
 typedef float vf __attribute__((vector_size(VW * sizeof(float))));
@@ -43,19 +53,36 @@ inline vf loadu(const float* p) {
   return v;
 }
 inline void storeu(float* p, vf v) { memcpy(p, &v, sizeof v); }
-// First n (<= VW) lanes from p, the rest zero.
+// First n (<= VW) lanes from p, the rest zero; and the store of the first n lanes. Masked
+// loads and stores on AVX-512 and AVX2: a memcpy of a variable length would put the vector
+// on the stack, and GCC then kept a whole register tile there (the products' epilogues).
+#if defined(__AVX512F__)
+inline __mmask16 first_lanes(int n) { return (__mmask16)(n >= VW ? 0xffff : (1u << (n > 0 ? n : 0)) - 1u); }
+inline vf load_part(const float* p, int n) { return (vf)_mm512_maskz_loadu_ps(first_lanes(n), p); }
+inline void store_part(float* p, vf v, int n) { _mm512_mask_storeu_ps(p, first_lanes(n), (__m512)v); }
+#elif defined(__AVX2__)
+inline __m256i first_lanes(int n) { return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)); }
+inline vf load_part(const float* p, int n) { return n >= VW ? loadu(p) : (vf)_mm256_maskload_ps(p, first_lanes(n)); }
+inline void store_part(float* p, vf v, int n) {
+  if (n >= VW)
+    storeu(p, v);
+  else
+    _mm256_maskstore_ps(p, first_lanes(n), (__m256)v);
+}
+#else
 inline vf load_part(const float* p, int n) {
   if (n >= VW) return loadu(p);
   vf v = {};
-  memcpy(&v, p, (size_t)n * sizeof(float));
+  memcpy(&v, p, (size_t)(n > 0 ? n : 0) * sizeof(float));
   return v;
 }
 inline void store_part(float* p, vf v, int n) {
   if (n >= VW)
     storeu(p, v);
   else
-    memcpy(p, &v, (size_t)n * sizeof(float));
+    memcpy(p, &v, (size_t)(n > 0 ? n : 0) * sizeof(float));
 }
+#endif
 inline vf select(vi mask, vf a, vf b) { return (vf)(((vi)a & mask) | ((vi)b & ~mask)); }
 inline vf vmax(vf a, vf b) { return select(a > b, a, b); }  // NaN in a is skipped
 
@@ -159,12 +186,17 @@ inline vf tanh_v(vf x) {
 inline vf tanh_grad(vf dy, vf y) { return dy * (splat(1.f) - y * y); }
 
 #if defined(__AVX2__)
-// out rows 0..7 = columns 0..7 of the 8x8 block at in (leading dimensions ldi, ldo).
-inline void transpose8x8(const float* in, int64_t ldi, float* out, int64_t ldo) {
-  const __m256 r0 = _mm256_loadu_ps(in), r1 = _mm256_loadu_ps(in + ldi), r2 = _mm256_loadu_ps(in + 2 * ldi),
-               r3 = _mm256_loadu_ps(in + 3 * ldi), r4 = _mm256_loadu_ps(in + 4 * ldi),
-               r5 = _mm256_loadu_ps(in + 5 * ldi), r6 = _mm256_loadu_ps(in + 6 * ldi),
-               r7 = _mm256_loadu_ps(in + 7 * ldi);
+// out rows 0..nc-1 = columns 0..nc-1 of the block of nr rows at in (leading dimensions ldi,
+// ldo; nr, nc <= 8), each out row 8 floats long: zeros past the block's nr rows. Only the
+// block's own elements are read (masked loads where nc < 8).
+inline void transpose8x8(const float* in, int64_t ldi, float* out, int64_t ldo, int nr = 8, int nc = 8) {
+  const __m256i cols = _mm256_cmpgt_epi32(_mm256_set1_epi32(nc), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  auto row = [&](int r) {
+    if (r >= nr) return _mm256_setzero_ps();
+    return nc == 8 ? _mm256_loadu_ps(in + r * ldi) : _mm256_maskload_ps(in + r * ldi, cols);
+  };
+  const __m256 r0 = row(0), r1 = row(1), r2 = row(2), r3 = row(3), r4 = row(4), r5 = row(5), r6 = row(6),
+               r7 = row(7);
   const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
   const __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
   const __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
@@ -177,13 +209,10 @@ inline void transpose8x8(const float* in, int64_t ldi, float* out, int64_t ldo) 
   const __m256 s5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
   const __m256 s6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
   const __m256 s7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
-  _mm256_storeu_ps(out, _mm256_permute2f128_ps(s0, s4, 0x20));
-  _mm256_storeu_ps(out + ldo, _mm256_permute2f128_ps(s1, s5, 0x20));
-  _mm256_storeu_ps(out + 2 * ldo, _mm256_permute2f128_ps(s2, s6, 0x20));
-  _mm256_storeu_ps(out + 3 * ldo, _mm256_permute2f128_ps(s3, s7, 0x20));
-  _mm256_storeu_ps(out + 4 * ldo, _mm256_permute2f128_ps(s0, s4, 0x31));
-  _mm256_storeu_ps(out + 5 * ldo, _mm256_permute2f128_ps(s1, s5, 0x31));
-  _mm256_storeu_ps(out + 6 * ldo, _mm256_permute2f128_ps(s2, s6, 0x31));
-  _mm256_storeu_ps(out + 7 * ldo, _mm256_permute2f128_ps(s3, s7, 0x31));
+  const __m256 o[8] = {_mm256_permute2f128_ps(s0, s4, 0x20), _mm256_permute2f128_ps(s1, s5, 0x20),
+                       _mm256_permute2f128_ps(s2, s6, 0x20), _mm256_permute2f128_ps(s3, s7, 0x20),
+                       _mm256_permute2f128_ps(s0, s4, 0x31), _mm256_permute2f128_ps(s1, s5, 0x31),
+                       _mm256_permute2f128_ps(s2, s6, 0x31), _mm256_permute2f128_ps(s3, s7, 0x31)};
+  for (int c = 0; c < nc; ++c) _mm256_storeu_ps(out + c * ldo, o[c]);
 }
 #endif

@@ -12,6 +12,10 @@ AVAILABLE_ISAS = fastmlp.build_info()["isas_available"]
 
 # unit roundoff of float32: every correctly rounded float32 operation has relative error <= U
 U = 2.0 ** -24
+# fastmlp's tanh (a 9/8 rational function, csrc/simd-inl.h) is within 5.6 U relative of
+# tanh with FMA and 6.4 U without (SSE2), measured over every float32;
+# test_kernels.test_tanh_error_bound keeps it there on each ISA. Bounds allow TANH_U.
+TANH_U = 7 * U
 
 
 @pytest.fixture(params=AVAILABLE_ISAS)

@@ -17,7 +17,7 @@ from fastmlp.diagnostics import BINS, PRE_RANGE, SATURATED, diag_arg, diagnose, 
 from fastmlp.model import PARAM_NAMES
 from fastmlp.optim import AdamW
 import torch_reference as ref
-from conftest import U, copy_params, make_words, train_steps
+from conftest import TANH_U, U, copy_params, make_words, train_steps
 
 
 def twin(params, X, Y, lr=None, adamw=None, grads32=None):
@@ -48,11 +48,11 @@ def twin(params, X, Y, lr=None, adamw=None, grads32=None):
 def forward_bounds(params, X):
     """Elementwise bounds of |pre - pre64| and |h - h64| for fastmlp's float32 forward: a
     dot product of K = T*E terms plus a bias has error <= (K + 1) U sum|x||w| (each term
-    exactly rounded, then K additions), and tanh adds 3 U |h| (test_kernels' bound)."""
+    exactly rounded, then K additions), and tanh adds TANH_U |h| (conftest's bound)."""
     emb = np.abs(params["C"][X].reshape(len(X), -1).astype(np.float64))
     K = emb.shape[1]
     pre_err = (K + 1) * U * (emb @ np.abs(params["W1"]) + np.abs(params["b1"]))
-    return pre_err, pre_err + 3 * U
+    return pre_err, pre_err + TANH_U
 
 
 def near(values, edges, delta):

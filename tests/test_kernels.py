@@ -4,9 +4,9 @@ Tolerances come from float32 rounding analysis, measured against a float64
 reference (PyTorch in double precision) with U = 2^-24:
   * a dot product of K terms computed in float32 (any order, FMA or not) has
     |error| <= K * U * sum|a_i * b_i|  (Higham, Accuracy and Stability, eq. 3.5);
-  * our tanh is within 1.3 ulp (<= 2.2 U relative, measured over [-20, 20] and
-    tiny values), so 3 U |tanh| is allowed on top of the input's error (tanh is
-    1-Lipschitz);
+  * our tanh is a rational function within 7 U relative (TANH_U: 5.6 U measured over
+    every float32 with FMA, 6.4 U without; test_tanh_error_bound), so TANH_U |tanh| is
+    allowed on top of the input's error (tanh is 1-Lipschitz);
   * PyTorch's own float32 result must satisfy the same bound: this shows the bound
     is as tight as float32 allows, not loosened to let fastmlp pass.
 """
@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from fastmlp import _core
 import torch_reference as ref
-from conftest import U, assert_within
+from conftest import TANH_U, U, assert_within
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -101,9 +101,35 @@ def test_linear_forward(isa, shape, seed, tanh):
     fn = _core.linear_tanh_forward if tanh else _core.linear_forward
     y = fn(x, W, b)
     reference = ref.linear(x, W, b, tanh)
-    bound = linear_bound(x, W, b) + (3 * U * np.abs(reference) if tanh else 0)
+    bound = linear_bound(x, W, b) + (TANH_U * np.abs(reference) if tanh else 0)
     assert_within(y, reference, bound, "y")
     assert_within(ref.linear(x, W, b, tanh, torch.float32), reference, bound, "torch float32 y")
+
+
+def tanh_inputs():
+    """Every 61st float32 in [2^-30, 12) (tanh is odd; 12 is past its rounding to 1), the
+    ends of the clamp, and the region of the largest measured errors (4.9 to 5.4) densely."""
+    bits = np.arange(np.float32(2.0 ** -30).view(np.int32), np.float32(12.0).view(np.int32), 61, dtype=np.int32)
+    dense = np.arange(np.float32(4.9).view(np.int32), np.float32(5.4).view(np.int32), 3, dtype=np.int32)
+    edges = np.array([9.0, np.nextafter(np.float32(9.0), np.float32(0)), 9.1, 0.625, 1e-38, 1e-45], np.float32)
+    x = np.concatenate([bits.view(np.float32), dense.view(np.float32), edges])
+    return np.concatenate([x, -x])
+
+
+def test_tanh_error_bound(isa):
+    """The tanh every fused epilogue uses (through linear_tanh_forward with W = 1, b = 0,
+    which adds nothing: x * 1 + 0 is exact, but for -0, which becomes +0) within TANH_U
+    relative of tanh in float64, on ~18M inputs; and its special values."""
+    x = tanh_inputs()
+    y = _core.linear_tanh_forward(x[:, None], np.ones((1, 1), np.float32), np.zeros(1, np.float32))[:, 0]
+    t = np.tanh(x.astype(np.float64))
+    rel = np.abs(y - t) / np.abs(t)
+    assert rel.max() <= TANH_U, f"tanh: {rel.max() / U:.2f} U at x = {x[rel.argmax()]!r}"
+    assert rel.max() > 4 * U, "the inputs should reach the measured worst case (> 4 U)"
+    special = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 100.0, -1e30], np.float32)
+    out = _core.linear_tanh_forward(special[:, None], np.ones((1, 1), np.float32), np.zeros(1, np.float32))[:, 0]
+    assert np.isnan(out[0])  # saturated values: within the bound of +-1 (clamped at +-9)
+    np.testing.assert_allclose(out[1:], [1.0, -1.0, 0.0, 0.0, 1.0, -1.0], rtol=TANH_U, atol=0)
 
 
 @SETTINGS

@@ -205,7 +205,8 @@ inline vf tanh_grad(vf dy, vf y) { return dy * (splat(1.f) - y * y); }
 // out rows 0..nc-1 = columns 0..nc-1 of the block of nr rows at in (leading dimensions ldi,
 // ldo; nr, nc <= 8), each out row 8 floats long: zeros past the block's nr rows. Only the
 // block's own elements are read (masked loads where nc < 8).
-inline void transpose8x8(const float* in, int64_t ldi, float* out, int64_t ldo, int nr = 8, int nc = 8) {
+__attribute__((always_inline)) inline void transpose8x8(const float* in, int64_t ldi, float* out, int64_t ldo, int nr = 8,
+                                                      int nc = 8) {
   const __m256i cols = _mm256_cmpgt_epi32(_mm256_set1_epi32(nc), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   auto row = [&](int r) {
     if (r >= nr) return _mm256_setzero_ps();

@@ -1,0 +1,121 @@
+// Where one training step's time goes: each phase of the lecture's (or the large
+// configuration's) step timed on its own, one thread, with the kernels' own code (this
+// file includes csrc/kernels.cpp, so it runs exactly what the extension runs). Built and
+// run by benchmarks/bench_phases.py, which passes the ISA's flags; prints a markdown table.
+//
+// Each phase runs back to back thousands of times, so its operands stay in cache: the
+// sum is below a step in the fused loop (whose working set is larger than L1, and which
+// also draws the batch). The products' ideal is their multiply-adds at the FMA peak
+// measured here (padded columns count as waste, not as work).
+#include "kernels.cpp"
+
+#include <stdio.h>
+
+using namespace fastmlp;
+using namespace fastmlp::FASTMLP_ISA;
+
+namespace {
+uint64_t seed = 1;
+float frand() {
+  seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+  return (float)(seed >> 40) / 16777216.0f - 0.5f;
+}
+float* make(size_t n, float scale) {
+  float* p = (float*)aligned_alloc(64, (n * sizeof(float) + 63) / 64 * 64);
+  for (size_t i = 0; i < n; ++i) p[i] = frand() * scale;
+  return p;
+}
+void zero_pads(float* m, int rows, int cols, int ld) {
+  for (int r = 0; r < rows; ++r)
+    for (int c = cols; c < ld; ++c) m[r * ld + c] = 0.f;
+}
+template <class F>
+double best_us(F f, int n) {  // the best of 7 blocks of n calls
+  for (int i = 0; i < n / 10 + 1; ++i) f();
+  double best = 1e30;
+  for (int rep = 0; rep < 7; ++rep) {
+    const double t0 = now_seconds();
+    for (int i = 0; i < n; ++i) f();
+    const double t = (now_seconds() - t0) / n * 1e6;
+    best = t < best ? t : best;
+  }
+  return best;
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  const bool large = argc > 1 && strcmp(argv[1], "large") == 0;
+  const int T = large ? 8 : 3, E = large ? 24 : 10, H = large ? 512 : 200, V = 27, B = large ? 256 : 32;
+  Dims d{};
+  d.V = V, d.T = T, d.E = E, d.H = H, d.L = 1, d.bn = 0, d.bn_eps = 1e-5f, d.bn_momentum = 0.1f;
+  const Layout L = layout_of(d);
+  float* C = make((size_t)V * E, 1.f);
+  float *W1 = make((size_t)L.TE * L.Hp, 0.2f), *b1 = make(L.Hp, 0.1f);
+  float *W2 = make((size_t)H * L.Vp, 0.2f), *b2 = make(L.Vp, 0.1f);
+  zero_pads(W1, L.TE, H, L.Hp), zero_pads(b1, 1, H, L.Hp), zero_pads(W2, H, V, L.Vp), zero_pads(b2, 1, V, L.Vp);
+  float *emb = make((size_t)B * L.TE, 1), *h = make((size_t)B * L.Hp, 1), *logits = make((size_t)B * L.Vp, 1);
+  float *dl = make((size_t)B * L.Vp, 1), *dpre = make((size_t)B * L.Hp, 1), *demb = make((size_t)B * L.TEp, 1);
+  float *wt1 = make((size_t)H * L.TEp, 0), *wt2 = make((size_t)V * L.Hp, 0), *loss = make(B, 0);
+  float *colsum = make(L.Vp + L.Hp, 0), *dC = make((size_t)V * E, 0);
+  int32_t* X = (int32_t*)malloc(sizeof(int32_t) * B * T);
+  int32_t* Y = (int32_t*)malloc(sizeof(int32_t) * B);
+  for (int i = 0; i < B * T; ++i) X[i] = (int32_t)((frand() + 0.5f) * V) % V;
+  for (int i = 0; i < B; ++i) Y[i] = (int32_t)((frand() + 0.5f) * V) % V;
+  Exec ex{1, 0, 0, nullptr};
+  const int n = large ? 200 : 20000;
+  const float lr = 1e-9f;  // the updates run, and leave the weights (nearly) as they are
+
+  float sink;
+  const double peak = 12.0 * VW * 2 * 200000 / (best_us([&] { fma_loop(200000, &sink); }, 20) * 1e-6);
+  struct Row {
+    const char* name;
+    double us, macs;
+  } rows[16];
+  int nrows = 0;
+  auto add = [&](const char* name, double us, double macs) { rows[nrows++] = {name, us, macs}; };
+  const double mac1 = (double)B * L.TE * H, mac2 = (double)B * H * V;
+  add("embedding gather", best_us([&] { embedding_forward_rows(C, V, E, X, T, 0, B, emb, ex); }, n), 0);
+  add("h = tanh(emb W1 + b1)",
+      best_us([&] { linear_forward_rows<true>(emb, L.TE, L.TE, W1, L.Hp, b1, h, 0, B); }, n), mac1);
+  add("  (the same without tanh)",
+      best_us([&] { linear_forward_rows<false>(emb, L.TE, L.TE, W1, L.Hp, b1, h, 0, B); }, n), -mac1);
+  add("logits = h W2 + b2", best_us([&] { linear_forward_rows<false>(h, L.Hp, H, W2, L.Vp, b2, logits, 0, B); }, n),
+      mac2);
+  add("softmax cross-entropy rows", best_us([&] { xent_rows(logits, L.Vp, Y, V, 0, B, dl, 1.f / B, loss, ex); }, n), 0);
+  add("W2^T and W1^T (transposes)", best_us([&] {
+        transpose_share(W2, L.Vp, H, V, wt2, L.Hp);
+        transpose_share(W1, L.Hp, L.TE, H, wt1, L.TEp);
+      }, n), 0);
+  add("dpre = dlogits W2^T (1 - h^2)",
+      best_us([&] { linear_backward_input_rows<kTanhGrad>(dl, L.Vp, V, wt2, L.Hp, dpre, h, 0, B); }, n), mac2);
+  add("demb = dpre W1^T",
+      best_us([&] { linear_backward_input_rows<kStore>(dpre, L.Hp, H, wt1, L.TEp, demb, nullptr, 0, B); }, n), mac1);
+  add("W2 -= lr h^T dlogits (+ b2)",
+      best_us([&] { linear_backward_weight_share(h, L.Hp, H, dl, L.Vp, B, nullptr, colsum, W2, b2, lr); }, n), mac2);
+  add("W1 -= lr emb^T dpre (+ b1)", best_us([&] {
+        linear_backward_weight_share(emb, L.TE, L.TE, dpre, L.Hp, B, nullptr, colsum + L.Vp, W1, b1, lr);
+      }, n), mac1);
+  add("embedding scatter + update",
+      best_us([&] { embedding_backward_share(demb, L.TEp, X, B, T, E, V, dC, ex, C, lr); }, n), 0);
+
+  double total = 0, macs = 0;
+  for (int i = 0; i < nrows; ++i)
+    if (rows[i].macs >= 0) total += rows[i].us, macs += rows[i].macs;
+  printf("%s config (block %d, E %d, H %d, batch %d), one thread, %s kernels; FMA peak measured here %.0f GFLOP/s\n\n",
+         large ? "large" : "lecture", T, E, H, B, FASTMLP_STR(FASTMLP_ISA), peak / 1e9);
+  printf("| phase | µs | share | ideal µs (FMA peak) | %% of peak |\n|---|---:|---:|---:|---:|\n");
+  for (int i = 0; i < nrows; ++i) {
+    const double m = rows[i].macs < 0 ? -rows[i].macs : rows[i].macs;  // negative: a comparison row, not summed
+    char share[16] = "";
+    if (rows[i].macs >= 0) snprintf(share, sizeof share, "%.0f%%", rows[i].us / total * 100);
+    if (m > 0) {
+      const double ideal = 2 * m / peak * 1e6;
+      printf("| %s | %.2f | %s | %.2f | %.0f%% |\n", rows[i].name, rows[i].us, share, ideal, ideal / rows[i].us * 100);
+    } else {
+      printf("| %s | %.2f | %s | | |\n", rows[i].name, rows[i].us, share);
+    }
+  }
+  printf("| **sum of the phases** | **%.2f** | | **%.2f** | **%.0f%%** |\n", total, 2 * macs / peak * 1e6,
+         2 * macs / peak * 1e6 / total * 100);
+  return 0;
+}

@@ -95,13 +95,17 @@ inline void gemm_tile_nv(int nv, int K, const float* A, int64_t sai, int64_t sap
     case 1: gemm_tile<MR, 1, EPI>(K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha, kpart); break;
     case 2:
       if constexpr (MR * 2 + 3 <= VREGS) gemm_tile<MR, 2, EPI>(K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha, kpart);
+      else __builtin_trap();  // tile_rows() never picks it: loud if that ever changes
       break;
     case 3:
       if constexpr (MR * 3 + 4 <= VREGS) gemm_tile<MR, 3, EPI>(K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha, kpart);
+      else __builtin_trap();
       break;
     default:
       if constexpr (GEMM_NV >= 4 && MR * 4 + 5 <= VREGS)
         gemm_tile<MR, 4, EPI>(K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha, kpart);
+      else
+        __builtin_trap();
       break;
   }
 }
@@ -159,7 +163,7 @@ inline GemmPlan plan(int64_t M, int N, int K, const float* A, int64_t sai, int64
 // B's block (kc rows of one column block) is kept to half the L1 data cache, so it stays
 // there beside the rows of A a tile reads: 16 KB on Zen 3/4 (32 KB L1), 24 KB on Intel's
 // Golden Cove (48 KB; the large configuration's products ran 3-5% faster than with 16 KB:
-// K = 192 in one block instead of three). A longer K is cut into equal blocks: a short
+// K = 192 in two blocks instead of three). A longer K is cut into equal blocks: a short
 // last block would store and reload every accumulator for a few FMAs (the lecture's K =
 // 200 in blocks of 64 ran at 76% of a whole pass's speed).
 constexpr int kMaxBlockFloats = 32768 / (int)sizeof(float);  // the pack buffer's size
@@ -217,7 +221,7 @@ inline void gemm_rows(const GemmPlan& g, int64_t r0, int64_t r1) {
       const float* Bk = g.B + (int64_t)k0 * g.ldb + j0;
       int64_t ldb = g.ldb;
       // worth it where B's rows alias in L1 (1 KB apart or a multiple) and row tiles reuse the block
-      if (g.ldb % 256 == 0 && k1 - k0 >= 64 && r1 - r0 >= 24 && (k1 - k0) * nv * VW <= kMaxBlockFloats) {
+      if (g.ldb % 256 == 0 && k1 - k0 >= 64 && r1 - r0 >= 24 && k1 - k0 <= kMaxBlockFloats / (nv * VW)) {
         pack_block(Bk, g.ldb, k1 - k0, ncols, nv * VW, packed);
         Bk = packed;
         ldb = nv * VW;

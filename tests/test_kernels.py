@@ -7,8 +7,9 @@ reference (PyTorch in double precision) with U = 2^-24:
   * our tanh is a rational function within 7 U relative (TANH_U: 5.6 U measured over
     every float32 with FMA, 6.4 U without; test_tanh_error_bound), so TANH_U |tanh| is
     allowed on top of the input's error (tanh is 1-Lipschitz);
-  * PyTorch's own float32 result must satisfy the same bound: this shows the bound
-    is as tight as float32 allows, not loosened to let fastmlp pass.
+  * PyTorch's own float32 result must satisfy the same bound: for the products this
+    shows the bound is as tight as float32 allows, not loosened to let fastmlp pass
+    (tanh's TANH_U is our rational's measured error, wider than PyTorch's ~1 ulp).
 """
 import numpy as np
 import pytest
@@ -108,9 +109,10 @@ def test_linear_forward(isa, shape, seed, tanh):
 
 def tanh_inputs():
     """Every 61st float32 in [2^-30, 12) (tanh is odd; 12 is past its rounding to 1), the
-    ends of the clamp, and the region of the largest measured errors (4.9 to 5.4) densely."""
+    ends of the clamp, and every float32 of the region of the largest measured errors
+    (4.9 to 5.4: 5.52 U at 4.9197 with FMA, 6.30 U at 5.3416 without)."""
     bits = np.arange(np.float32(2.0 ** -30).view(np.int32), np.float32(12.0).view(np.int32), 61, dtype=np.int32)
-    dense = np.arange(np.float32(4.9).view(np.int32), np.float32(5.4).view(np.int32), 3, dtype=np.int32)
+    dense = np.arange(np.float32(4.9).view(np.int32), np.float32(5.4).view(np.int32), dtype=np.int32)
     edges = np.array([9.0, np.nextafter(np.float32(9.0), np.float32(0)), 9.1, 0.625, 1e-38, 1e-45], np.float32)
     x = np.concatenate([bits.view(np.float32), dense.view(np.float32), edges])
     return np.concatenate([x, -x])
@@ -119,13 +121,13 @@ def tanh_inputs():
 def test_tanh_error_bound(isa):
     """The tanh every fused epilogue uses (through linear_tanh_forward with W = 1, b = 0,
     which adds nothing: x * 1 + 0 is exact, but for -0, which becomes +0) within TANH_U
-    relative of tanh in float64, on ~18M inputs; and its special values."""
+    relative of tanh in float64, on ~12M inputs; and its special values."""
     x = tanh_inputs()
     y = _core.linear_tanh_forward(x[:, None], np.ones((1, 1), np.float32), np.zeros(1, np.float32))[:, 0]
     t = np.tanh(x.astype(np.float64))
     rel = np.abs(y - t) / np.abs(t)
     assert rel.max() <= TANH_U, f"tanh: {rel.max() / U:.2f} U at x = {x[rel.argmax()]!r}"
-    assert rel.max() > 4 * U, "the inputs should reach the measured worst case (> 4 U)"
+    assert rel.max() > 5.5 * U, "the inputs should reach the measured worst case (5.52 U, 6.30 U)"
     special = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 100.0, -1e30], np.float32)
     out = _core.linear_tanh_forward(special[:, None], np.ones((1, 1), np.float32), np.zeros(1, np.float32))[:, 0]
     assert np.isnan(out[0])  # saturated values: within the bound of +-1 (clamped at +-9)

@@ -197,8 +197,47 @@ inline void pack_block(const float* B, int64_t ldb, int kc, int ncols, int w, fl
   }
 }
 
+// The modeled cost of one k step over `rows` rows and nvec column vectors, cut into
+// balanced blocks of at most cap vectors and tiles of at most tile_rows(nv) rows: a tile
+// of a accumulators takes max(a, FMA_ACC) FMA slots (fewer accumulators than the FMA's
+// latency x ports leave slots idle). part_begin's blocks and tiles have two sizes each.
+inline int64_t tiling_cost(int64_t rows, int nvec, int cap) {
+  const int nb = (nvec + cap - 1) / cap, q = nvec / nb, nbig = nvec % nb;
+  int64_t cost = 0;
+  for (int big = 0; big < 2; ++big) {
+    const int nv = q + big, count = big ? nbig : nb - nbig;
+    if (count == 0) continue;
+    const int64_t mr = tile_rows(nv), nt = (rows + mr - 1) / mr, r = rows / nt, nlong = rows % nt;
+    const int64_t a = r * nv, b = (r + 1) * nv;
+    cost += count * ((nt - nlong) * (a > FMA_ACC ? a : FMA_ACC) + nlong * (b > FMA_ACC ? b : FMA_ACC));
+  }
+  return cost;
+}
+
+// The column-block cap for this product: the cheapest by tiling_cost in
+// [GEMM_NV_MIN, GEMM_NV], never one whose wider B block cuts K into more blocks (each
+// extra block stores and reloads every accumulator). The lecture's 32 x 200 products on
+// AVX2 take 4 x 3 tiles (8 full tiles a block; 0.94x and 0.90x the time on Zen 2) where
+// 6 x 2 left 6 tiles of 5-6 rows and a 1-vector block; the large configuration's
+// 256-row shares keep 6 x 2. The weight updates (read-modify-write epilogue, K = the
+// batch) keep GEMM_NV_MIN: the model gave the lecture's W1 update 0.8% and it measured
+// 3.5% slower. The tiling changes no result (see above), only the speed.
+inline int column_cap(int64_t rows, int nvec, int K, bool weight_update) {
+  int best = GEMM_NV_MIN;
+  if constexpr (GEMM_NV > GEMM_NV_MIN) {
+    if (weight_update) return best;
+    int64_t best_cost = tiling_cost(rows, nvec, best);
+    for (int cap = GEMM_NV_MIN + 1; cap <= GEMM_NV; ++cap) {
+      if (k_blocks(K, cap) > k_blocks(K, GEMM_NV_MIN)) continue;
+      const int64_t c = tiling_cost(rows, nvec, cap);
+      if (c < best_cost) best = cap, best_cost = c;
+    }
+  }
+  return best;
+}
+
 // Rows [r0, r1) of the product, all column blocks, in register tiles. The N / VW column
-// vectors are cut into equal blocks of at most GEMM_NV, the rows into equal tiles of at
+// vectors are cut into equal blocks of at most column_cap(), the rows into equal tiles of at
 // most tile_rows(nv): an FMA has a latency of ~4 cycles on two ports, so a tile needs ~8
 // independent accumulators to keep them busy, and a remainder tile of 2 rows x 1 vector
 // (what fixed 6 x 4 tiles left of the lecture's 32 x 208) runs at an eighth of the peak.
@@ -207,7 +246,9 @@ template <int EPI>
 inline void gemm_rows(const GemmPlan& g, int64_t r0, int64_t r1) {
   alignas(64) float packed[kMaxBlockFloats];  // 32 KB of this thread's stack
   const int nvec = (g.N + VW - 1) / VW;
-  const int nblocks = (nvec + GEMM_NV - 1) / GEMM_NV;
+  if (r1 <= r0 || nvec == 0) return;  // (an empty share; tiling_cost divides by both)
+  const int cap = column_cap(r1 - r0, nvec, g.K, EPI == kAccumScaled);
+  const int nblocks = (nvec + cap - 1) / cap;
   for (int jb = 0; jb < nblocks; ++jb) {  // column block outer: B block stays in cache
     const int v0 = (int)part_begin(nvec, nblocks, jb), nv = (int)part_begin(nvec, nblocks, jb + 1) - v0;
     const int j0 = v0 * VW;

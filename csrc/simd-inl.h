@@ -8,21 +8,29 @@
 
 // A register tile of the product is up to GEMM_MR rows x GEMM_NV vectors of accumulators;
 // with its GEMM_NV vectors of B and one broadcast of A it must fit in the ISA's registers
-// (gemm-inl.h sizes each tile by that rule).
+// (gemm-inl.h sizes each tile by that rule). Each product's column blocks are capped at
+// GEMM_NV_MIN..GEMM_NV vectors, whichever keeps its tiles' FMAs busiest (gemm-inl.h's
+// column_cap); FMA_ACC accumulators hide the FMA's latency (latency x 2 ports).
 #if defined(__AVX512F__)
-constexpr int VW = 16;       // floats per register
-constexpr int GEMM_MR = 8;   // most rows of a register tile
-constexpr int GEMM_NV = 4;   // most registers per tile row
-constexpr int VREGS = 32;    // zmm0-31
+constexpr int VW = 16;          // floats per register
+constexpr int GEMM_MR = 8;      // most rows of a register tile
+constexpr int GEMM_NV = 4;      // most registers per tile row
+constexpr int GEMM_NV_MIN = 4;  // (measured on Intel and Zen 4 with 4 only)
+constexpr int FMA_ACC = 8;      // latency 4
+constexpr int VREGS = 32;       // zmm0-31
 #elif defined(__AVX2__)
 constexpr int VW = 8;
 constexpr int GEMM_MR = 6;
-constexpr int GEMM_NV = 2;
+constexpr int GEMM_NV = 3;      // 4 x 3 tiles: the lecture's 32 rows in 4 full tiles
+constexpr int GEMM_NV_MIN = 2;  // 6 x 2 tiles: the large configuration's
+constexpr int FMA_ACC = 10;     // latency 5 on Zen 2/3 (4-5 on Intel's AVX2 cores)
 constexpr int VREGS = 16;
 #else
 constexpr int VW = 4;
 constexpr int GEMM_MR = 4;
 constexpr int GEMM_NV = 3;
+constexpr int GEMM_NV_MIN = 3;
+constexpr int FMA_ACC = 8;
 #if defined(__aarch64__)
 constexpr int VREGS = 32;
 #else

@@ -166,13 +166,16 @@ def test_per_call_api_follows_the_fused_loop(small_names):
         normwise_close(P[k], m.params[k], 1e-5, k)
 
 
-def test_training_is_deterministic_and_thread_independent(small_names):
+# batch 12: on AVX2 one thread's 12 rows take 4 x 3 register tiles, two threads' 6 rows
+# 6 x 2 (gemm-inl.h's column_cap): different tilings, the same sums in the same order
+@pytest.mark.parametrize("batch_size", [256, 12])
+def test_training_is_deterministic_and_thread_independent(small_names, batch_size):
     X, Y = small_names.train
     m = MLP(small_names.vocab.size, 3, 10, 200, seed=5, init="scaled")
     results = []
     for n in (1, 2, 1, 3):
         P = copy_params(m.params)
-        losses = train_steps(P, X, Y, (50, 0.1), batch_size=256, rng_state=_core.rng_state(11), threads=n)
+        losses = train_steps(P, X, Y, (50, 0.1), batch_size=batch_size, rng_state=_core.rng_state(11), threads=n)
         results.append((losses, P))
     for losses, P in results[1:]:
         # every output element is computed by one thread in a fixed order: bit-identical

@@ -217,7 +217,7 @@ inline int64_t tiling_cost(int64_t rows, int nvec, int cap) {
 // The column-block cap for this product: the cheapest by tiling_cost in
 // [GEMM_NV_MIN, GEMM_NV], never one whose wider B block cuts K into more blocks (each
 // extra block stores and reloads every accumulator). The lecture's 32 x 200 products on
-// AVX2 take 4 x 3 tiles (8 full tiles a block; 0.94x and 0.90x the time on Zen 2) where
+// AVX2 take 4 x 3 tiles (8 full tiles a block; 0.93x and 0.87x the time on Zen 2) where
 // 6 x 2 left 6 tiles of 5-6 rows and a 1-vector block; the large configuration's
 // 256-row shares keep 6 x 2. The weight updates (read-modify-write epilogue, K = the
 // batch) keep GEMM_NV_MIN: the model gave the lecture's W1 update 0.8% and it measured

@@ -15,13 +15,13 @@
 constexpr int VW = 16;          // floats per register
 constexpr int GEMM_MR = 8;      // most rows of a register tile
 constexpr int GEMM_NV = 4;      // most registers per tile row
-constexpr int GEMM_NV_MIN = 4;  // (measured on Intel and Zen 4 with 4 only)
+constexpr int GEMM_NV_MIN = 4;  // 4 only: the tiles measured on Intel and Zen 4
 constexpr int FMA_ACC = 8;      // latency 4
 constexpr int VREGS = 32;       // zmm0-31
 #elif defined(__AVX2__)
 constexpr int VW = 8;
 constexpr int GEMM_MR = 6;
-constexpr int GEMM_NV = 3;      // 4 x 3 tiles: the lecture's 32 rows in 4 full tiles
+constexpr int GEMM_NV = 3;      // 4 x 3 tiles: the lecture's 32 rows in 8 full tiles
 constexpr int GEMM_NV_MIN = 2;  // 6 x 2 tiles: the large configuration's
 constexpr int FMA_ACC = 10;     // latency 5 on Zen 2/3 (4-5 on Intel's AVX2 cores)
 constexpr int VREGS = 16;

@@ -29,8 +29,8 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-#if defined(__AVX2__)
-#include <immintrin.h>  // the 8x8 transpose, masked loads and stores; intrinsics are always inlined
+#if defined(__SSE2__)
+#include <immintrin.h>  // min/max, the 8x8 transpose, masked loads and stores; intrinsics are always inlined
 #endif
 
 #ifndef FASTMLP_ISA

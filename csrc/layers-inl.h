@@ -101,16 +101,29 @@ inline void linear_backward_input_rows(const float* g, int64_t ldg, int M, const
 }
 
 // db (Mp,) = column sums of g (N, ld) in row order over this thread's share of the
-// column vectors; with bias given, also bias -= lr * db (the fused SGD update).
+// column vectors; with bias given, also bias -= lr * db (the fused SGD update). Four
+// column vectors at a time: each sum is a chain of N dependent additions, and four chains
+// side by side took half the time of one after another on Zen 3 (the lecture's b1: 0.42
+// -> 0.22 us). Each column is still summed alone, in row order.
 inline void column_sums_share(const float* g, int64_t N, int Mp, int64_t ld, float* db, float* bias, float lr) {
   int64_t b, e;
   my_share(Mp / VW, &b, &e);
-  for (int64_t v = b; v < e; ++v) {
-    const int j = (int)(v * VW);
-    vf s = {};
-    for (int64_t i = 0; i < N; ++i) s += loadu(g + i * ld + j);
-    storeu(db + j, s);
-    if (bias) storeu(bias + j, loadu(bias + j) - splat(lr) * s);
+  for (int64_t v = b; v < e; v += 4) {
+    const int nv = e - v < 4 ? (int)(e - v) : 4;
+    const float* gv = g + v * VW;
+    vf s[4] = {};
+    if (nv == 4) {
+      for (int64_t i = 0; i < N; ++i)
+        for (int u = 0; u < 4; ++u) s[u] += loadu(gv + i * ld + u * VW);
+    } else {
+      for (int64_t i = 0; i < N; ++i)
+        for (int u = 0; u < nv; ++u) s[u] += loadu(gv + i * ld + u * VW);
+    }
+    for (int u = 0; u < nv; ++u) {
+      const int j = (int)((v + u) * VW);
+      storeu(db + j, s[u]);
+      if (bias) storeu(bias + j, loadu(bias + j) - splat(lr) * s[u]);
+    }
   }
 }
 

@@ -20,7 +20,7 @@ from ._cli import ArgumentParser, add_common_args, int_arg, run_cli
 from ._files import to_json
 from .config import LECTURE_SEED
 from .data import Dataset, load_dataset
-from .model import MLP, check_depth, check_sizes, memory_needed, physical_memory
+from .model import MLP, check_depth, check_sizes, require_memory
 
 
 def lr_sweep(ds: Dataset, block_size=3, n_embd=10, n_hidden=200, init="lecture", batch_size=32,
@@ -40,11 +40,7 @@ def lr_sweep(ds: Dataset, block_size=3, n_embd=10, n_hidden=200, init="lecture",
     exps = np.linspace(lr_min_exp, lr_max_exp, steps)
     lrs = (10.0 ** exps).astype(np.float32)
     X, Y = ds.train
-    need = memory_needed(ds.vocab.size, block_size, n_embd, n_hidden, n_layers, batch_size)
-    have = physical_memory()
-    if have and need > have:
-        raise MemoryError(f"n_layers {n_layers} x n_hidden {n_hidden:,} (batch {batch_size}) needs about "
-                          f"{need / 2**30:,.1f} GiB, and this machine has {have / 2**30:,.1f} GiB")
+    require_memory(ds.vocab.size, block_size, n_embd, n_hidden, n_layers, batch_size)
     if batch_size > len(Y):
         raise ValueError(f"batch_size {batch_size} is larger than the training split ({len(Y)} examples)")
     runs = []

@@ -135,6 +135,16 @@ def memory_needed(V: int, T: int, E: int, H: int, n_layers: int, batch_size: int
     return 4 * (params * copies + 12 * batch_size * (H + 16) * n_layers + 4 * batch_size * (T * E + V))
 
 
+def require_memory(V: int, T: int, E: int, H: int, n_layers: int, batch_size: int, slots: int = 0) -> None:
+    """Refuses, in one line and before anything is allocated, a training run that cannot fit in
+    this machine's memory (a depth x width past it); see memory_needed."""
+    need = memory_needed(V, T, E, H, n_layers, batch_size, slots)
+    have = physical_memory()
+    if have and need > have:
+        raise MemoryError(f"n_layers {n_layers} x n_hidden {H:,} (batch {batch_size}) needs about "
+                          f"{need / 2**30:,.1f} GiB to train, and this machine has {have / 2**30:,.1f} GiB")
+
+
 class MLP:
     """Bengio et al. 2003 character MLP as built in the makemore lecture, optionally deeper
     with BatchNorm as in makemore part 3.

@@ -27,7 +27,7 @@ from ._files import WorkDirLock, atomic_write, atomic_write_json, remove_stale_t
 from .config import TrainConfig, learning_rates, resume_config
 from .data import SPLIT_RULE, DataError, Dataset, bundled_names, load_dataset
 from .diagnostics import default_interval, diag_arg, parse_record, record_length, steps_to_record, summary
-from .model import MLP, memory_needed, physical_memory
+from .model import MLP, require_memory
 
 OUTPUT_FILES = (ckpt_io.CHECKPOINT_NAME, "metrics.json", "loss_history.npy", "loss.png", "embedding.png",
                 "diagnostics.png", "saturation.png")
@@ -83,11 +83,7 @@ def check_memory(cfg: TrainConfig, vocab_size: int) -> None:
     """Refuses, in one line and before anything is allocated, a model that cannot fit in
     this machine's memory (a depth x width past it)."""
     slots = 2 if cfg.optimizer == "adamw" else 1 if (cfg.momentum or cfg.weight_decay) else 0
-    need = memory_needed(vocab_size, cfg.block_size, cfg.n_embd, cfg.n_hidden, cfg.n_layers, cfg.batch_size, slots)
-    have = physical_memory()
-    if have and need > have:
-        raise MemoryError(f"n_layers {cfg.n_layers} x n_hidden {cfg.n_hidden:,} (batch {cfg.batch_size}) needs about "
-                          f"{need / 2**30:,.1f} GiB to train, and this machine has {have / 2**30:,.1f} GiB")
+    require_memory(vocab_size, cfg.block_size, cfg.n_embd, cfg.n_hidden, cfg.n_layers, cfg.batch_size, slots)
 
 
 class Run:

@@ -1,7 +1,8 @@
 // The one matrix product of the model: C (M, N) = A (M, K) @ B (K, N), then an epilogue,
 // in register tiles of GEMM_MR rows x GEMM_NV vectors.
 //
-// A is addressed by strides, A(i, p) = A[i*sai + p*sap], so A^T costs nothing. B and C
+// A is addressed by strides, A(i, p) = A[i*sai + p*sap], one of them 1 (A row-major, or
+// A^T of a row-major matrix: the model reads no other), so A^T costs nothing. B and C
 // are row-major with leading dimensions ldb, ldc; B must have readable (zero) columns up
 // to round_up(N, VW) in each row (the padded layout, see layers-inl.h). Every output
 // element is computed by one register tile accumulating over K in order, whatever the
@@ -63,7 +64,7 @@ __attribute__((noinline)) void gemm_tile(int K, const float* A, int64_t sai, int
   } else if (sai == 1) {
     tile_k_loop<MR, NV>(acc, K, [&](int r, int p) { return A[(int64_t)p * sap + r]; }, B, ldb);
   } else {
-    tile_k_loop<MR, NV>(acc, K, [&](int r, int p) { return A[r * sai + (int64_t)p * sap]; }, B, ldb);
+    __builtin_trap();  // no caller reads A any other way (see the top): loud if one ever does
   }
   if (kpart == kFirst || kpart == kMiddle) {  // a partial sum: stored as it is
     for (int v = 0; v < NV; ++v)

@@ -283,7 +283,8 @@ def main(argv=None) -> int:
             runners[("jax jit per step", cores)] = (bench_jax_step(cfg, X, Y, V), slow_steps)
             runners[("jax jit whole loop", cores)] = (bench_jax_loop(cfg, X, Y, V, fast_steps // 4), fast_steps // 4)
         # the one-core FMA peak, sampled between the blocks: on a shared host the neighbours
-        # move it as much as the steps (78-103 GFLOP/s within 20 minutes on one Zen 3), so a
+        # move it as much as the steps (78-102 GFLOP/s at four runs' starts within half an hour
+        # on one Zen 3), so a
         # step's % of the peak compares medians taken over the same minutes
         peaks = []
         runners[("fma peak", 1)] = (lambda n: peaks.append(_core.fma_peak_gflops(1, 0.05)), 1)
@@ -293,6 +294,7 @@ def main(argv=None) -> int:
             rows.append({"config": cname, "impl": impl, "threads": threads, "us": seconds * 1e6,
                          "gflops": cfg.flops(V) / seconds / 1e9})
             print(f"  {cname:8s} {impl:28s} threads={threads}: {seconds * 1e6:9.1f} us/step", flush=True)
+        peaks = peaks[1:]  # the first is the warm-up's, not between timed blocks
         peak_here = statistics.median(peaks)
         for x in rows:
             if x["config"] == cname:

@@ -23,7 +23,7 @@ constexpr int VW = 8;
 constexpr int GEMM_MR = 6;
 constexpr int GEMM_NV = 3;      // 4 x 3 tiles: the lecture's 32 rows in 8 full tiles
 constexpr int GEMM_NV_MIN = 2;  // 6 x 2 tiles: the large configuration's
-constexpr int FMA_ACC = 10;     // latency 5 on Zen 2/3 (4-5 on Intel's AVX2 cores)
+constexpr int FMA_ACC = 10;     // latency 5 on Zen 2 (4 on Zen 3, 4-5 on Intel's AVX2 cores)
 constexpr int VREGS = 16;
 #else
 constexpr int VW = 4;

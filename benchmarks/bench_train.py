@@ -284,8 +284,7 @@ def main(argv=None) -> int:
             runners[("jax jit whole loop", cores)] = (bench_jax_loop(cfg, X, Y, V, fast_steps // 4), fast_steps // 4)
         # the one-core FMA peak, sampled between the blocks: on a shared host the neighbours
         # move it as much as the steps (78-102 GFLOP/s at four runs' starts within half an hour
-        # on one Zen 3), so a
-        # step's % of the peak compares medians taken over the same minutes
+        # on one Zen 3), so a step's % of the peak compares medians taken over the same minutes
         peaks = []
         runners[("fma peak", 1)] = (lambda n: peaks.append(_core.fma_peak_gflops(1, 0.05)), 1)
         for (impl, threads), seconds in interleaved(runners, repeats).items():

@@ -143,16 +143,12 @@ inline void linear_backward_weight_share(const float* x, int64_t ldx, int K, con
 }
 // (db null: a layer without bias, BatchNorm's Linear.)
 
-// This thread's share of WT (cols, ldwt) = W (rows, ldw)^T, in blocks of 8 output rows.
-// With 8x8 transposes (AVX2, AVX-512) the blocks cut by the last rows or columns go
-// through the same transpose (the model's 30 x 200 and 200 x 27 are both cut): WT's
-// columns [rows, round_up(rows, 8)) then receive zeros, so ldwt must reach that (the
-// padded layout's does); columns past that are left alone (the callers zero them once).
-inline void transpose_share(const float* W, int64_t ldw, int rows, int cols, float* WT, int64_t ldwt) {
-  int64_t b, e;
-  my_share((cols + 7) / 8, &b, &e);
-  int64_t j = b * 8;
-  const int64_t j1 = min64(e * 8, cols);
+// WT's rows [j, j1) = W's columns [j, j1), W (rows, ldw), WT (cols, ldwt). With 8x8
+// transposes (AVX2, AVX-512) the blocks cut by the last rows or columns go through the
+// same transpose (the model's 30 x 200 and 200 x 27 are both cut): WT's columns [rows,
+// round_up(rows, 8)) then receive zeros, so ldwt must reach that (the padded layout's
+// does); columns past that are left alone (the callers zero them once).
+inline void transpose_cols(const float* W, int64_t ldw, int rows, int64_t j, int64_t j1, float* WT, int64_t ldwt) {
 #if defined(__AVX2__)
   for (; j < j1; j += 8) {
     const int nc = (int)min64(8, j1 - j);
@@ -162,6 +158,31 @@ inline void transpose_share(const float* W, int64_t ldw, int rows, int cols, flo
 #endif
   for (; j < j1; ++j)
     for (int k = 0; k < rows; ++k) WT[j * ldwt + k] = W[(int64_t)k * ldw + j];
+}
+
+// This thread's share of WT (cols, ldwt) = W (rows, ldw)^T, in blocks of 8 output rows.
+inline void transpose_share(const float* W, int64_t ldw, int rows, int cols, float* WT, int64_t ldwt) {
+  int64_t b, e;
+  my_share((cols + 7) / 8, &b, &e);
+  transpose_cols(W, ldw, rows, b * 8, min64(e * 8, cols), WT, ldwt);
+}
+
+// The fused SGD update of a layer through its transposed weights, this thread's share:
+// WT (M, ldwt) -= lr g^T x on a share of WT's columns (x (N, ldx) with K columns, g (N,
+// ldg) with M), then those columns transposed back into W's rows (W (K, ldw)). The
+// output layer's update takes this form (step-inl.h): its M = V = 27 rows are tiles'
+// rows there, where W (H, Vp)'s update pads 27 columns to 32 (on AVX2 4.55 against 5.40
+// µs, the lecture's), and the transposed weights it keeps current spare the next step
+// its transpose. Each weight sees the same additions in the same order as W's own
+// update: the results are bit-identical.
+inline void linear_update_transposed_share(const float* x, int64_t ldx, int K, const float* g, int64_t ldg, int M,
+                                           int64_t N, float* WT, int64_t ldwt, float* W, int64_t ldw, float lr) {
+  int64_t b, e;
+  my_share((K + VW - 1) / VW, &b, &e);
+  const int64_t k0 = b * VW, k1 = min64(e * VW, K);
+  if (k1 <= k0) return;
+  gemm_rows<kAccumScaled>(plan(M, (int)(k1 - k0), (int)N, g, 1, ldg, x + k0, ldx, WT + k0, ldwt, nullptr, -lr), 0, M);
+  transpose_cols(WT, ldwt, M, k0, k1, W, ldw);
 }
 
 // dpre (rows [r0, r1), ld) = tanh_grad(dy, y), the tanh backward on its own.

@@ -78,8 +78,11 @@ struct StepWork {
 // not finite nothing is updated. On return this thread's share of the weight products
 // is done, not necessarily the others'; demb (all rows) is complete. dg given (a
 // diagnostic step): its buffers are filled on the way, every layer's (diag-inl.h).
+// The fused update keeps the output layer's transposed weights ws.wt[L] current: a
+// caller whose previous step was a fused step on the same W passes out_t_current and
+// the transpose is skipped.
 double step_team(const PadWeights& W, const PadWeights* G, float lr, const Layout& L, int64_t B, const int32_t* Yb,
-                 StepWork& ws, const Dropout& dr, Exec& ex, StepDiag* dg = nullptr) {
+                 StepWork& ws, const Dropout& dr, Exec& ex, StepDiag* dg = nullptr, bool out_t_current = false) {
   const int H = L.H, V = L.V, Hp = L.Hp, Vp = L.Vp, n = L.L;
   int64_t r0, r1;
   my_share(B, &r0, &r1);
@@ -118,7 +121,7 @@ double step_team(const PadWeights& W, const PadWeights* G, float lr, const Layou
   linear_forward_rows<false>(hout, Hp, H, W.W[n], Vp, W.b[n], ws.logits, r0, r1);  // logits = h W + b
   xent_rows(ws.logits, Vp, Yb, V, r0, r1, ws.dlogits, 1.0f / (float)B, ws.row_loss, ex);
   // and a share of the transposed weights the backward pass reads, made before any update
-  transpose_share(W.W[n], Vp, H, V, ws.wt[n], Hp);
+  if (!out_t_current) transpose_share(W.W[n], Vp, H, V, ws.wt[n], Hp);
   for (int l = n - 1; l >= 0; --l) transpose_share(W.W[l], Hp, L.fan_in(l), H, ws.wt[l], L.Kp(l));
   team_barrier(ws.bar);
   double loss = 0.0;  // every thread sums the same numbers in the same order
@@ -161,12 +164,14 @@ double step_team(const PadWeights& W, const PadWeights* G, float lr, const Layou
       diag_rows(*dg, L, l, ws.h[l], r0, r1);  // the statistics epilogue of this thread's rows
     }
   if (DG) linear_backward_weight_share(hout, Hp, H, ws.dlogits, Vp, B, DG->W[n], DG->b[n], nullptr, nullptr, 0.f);
-  // the weights, which need every row: the output layer's now, the hidden ones' once all of dpre is there
+  // the weights, which need every row: the output layer's gradient (or its bias's update) now, the
+  // rest once all of dpre is there and no thread reads the transposed weights any more
   if (G)
     linear_backward_weight_share(hout, Hp, H, ws.dlogits, Vp, B, G->W[n], G->b[n], nullptr, nullptr, 0.f);
   else
-    linear_backward_weight_share(hout, Hp, H, ws.dlogits, Vp, B, nullptr, ws.colsum, W.W[n], W.b[n], lr);
+    column_sums_share(ws.dlogits, B, Vp, Vp, ws.colsum, W.b[n], lr);
   team_barrier(ws.bar);
+  if (!G) linear_update_transposed_share(hout, Hp, H, ws.dlogits, Vp, V, B, ws.wt[n], Hp, W.W[n], Vp, lr);
   if (dg) diag_grad_rows(*dg, L, r0, r1);  // every row's max |dh| is known now
   for (int l = n - 1; l >= 0; --l) {
     const float* xl = in[l];
@@ -336,7 +341,7 @@ int64_t train_steps(const MutParams& P, const Dims& d, const TrainArgs& a, Exec&
       // every thread takes the same decision: `recorded` changes only after the step's last barrier
       StepDiag* dg = a.diag && (a.step0 + s) % a.diag->every == 0 && recorded < a.diag->capacity ? &diag : nullptr;
       const double loss =
-          step_team(M.w, G ? &G->w : nullptr, lr, L, B, ws.Yb[cur], ws, step_dropout(a, s), ex, dg);
+          step_team(M.w, G ? &G->w : nullptr, lr, L, B, ws.Yb[cur], ws, step_dropout(a, s), ex, dg, !G && s > 0);
       if (!__builtin_isfinite(loss)) {  // every thread sees the same loss: all leave together
         if (team_rank() == 0) {
           a.losses[s] = (float)loss;

@@ -174,7 +174,9 @@ inline void transpose_share(const float* W, int64_t ldw, int rows, int cols, flo
 // rows there, where W (H, Vp)'s update pads 27 columns to 32 (on AVX2 4.55 against 5.40
 // µs, the lecture's), and the transposed weights it keeps current spare the next step
 // its transpose. Each weight sees the same additions in the same order as W's own
-// update: the results are bit-identical.
+// update: the results are bit-identical. x is the product's B, so readable (zero) up to
+// round_up(K, VW) in each row; W's columns [M, round_up(M, 8)) receive zeros (ldw must
+// reach that: the padded layout's does).
 inline void linear_update_transposed_share(const float* x, int64_t ldx, int K, const float* g, int64_t ldg, int M,
                                            int64_t N, float* WT, int64_t ldwt, float* W, int64_t ldw, float lr) {
   int64_t b, e;

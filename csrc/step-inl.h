@@ -71,16 +71,18 @@ struct StepWork {
 // the current team (or one thread outside a team). Each thread owns a contiguous range
 // of the batch's rows and takes them through every layer's forward pass, the loss and
 // the row-wise backward products without waiting for the others; the weight gradients,
-// which sum over all rows, are shared out by weight rows. Two barriers (and two more a
-// layer under BatchNorm, whose statistics need every row: batchnorm_*_share).
+// which sum over all rows, are shared out by weight rows (the output layer's fused
+// update: by column vectors of W^T, see below). Two barriers (and two more a layer under
+// BatchNorm, whose statistics need every row: batchnorm_*_share).
 // G given: gradients go to G. G null: the SGD update W -= lr * grad is fused into the
-// weight-gradient products. Returns the mean loss (the same on every thread); if it is
-// not finite nothing is updated. On return this thread's share of the weight products
-// is done, not necessarily the others'; demb (all rows) is complete. dg given (a
-// diagnostic step): its buffers are filled on the way, every layer's (diag-inl.h).
-// The fused update keeps the output layer's transposed weights ws.wt[L] current: a
-// caller whose previous step was a fused step on the same W passes out_t_current and
-// the transpose is skipped.
+// weight-gradient products; the output layer's runs on its transposed copy ws.wt[n]
+// (linear_update_transposed_share), which it leaves equal to W[n]^T. Returns the mean
+// loss (the same on every thread); if it is not finite nothing is updated. On return
+// this thread's share of the weight products is done, not necessarily the others'; demb
+// (all rows) is complete. dg given (a diagnostic step): its buffers are filled on the
+// way, every layer's (diag-inl.h). out_t_current: ws.wt[n] is already W[n]^T, so its
+// transpose is skipped; true only when the previous call was a fused step with the same
+// W and ws that ran to its end, and nothing else wrote W[n] since (train_steps).
 double step_team(const PadWeights& W, const PadWeights* G, float lr, const Layout& L, int64_t B, const int32_t* Yb,
                  StepWork& ws, const Dropout& dr, Exec& ex, StepDiag* dg = nullptr, bool out_t_current = false) {
   const int H = L.H, V = L.V, Hp = L.Hp, Vp = L.Vp, n = L.L;
@@ -121,6 +123,7 @@ double step_team(const PadWeights& W, const PadWeights* G, float lr, const Layou
   linear_forward_rows<false>(hout, Hp, H, W.W[n], Vp, W.b[n], ws.logits, r0, r1);  // logits = h W + b
   xent_rows(ws.logits, Vp, Yb, V, r0, r1, ws.dlogits, 1.0f / (float)B, ws.row_loss, ex);
   // and a share of the transposed weights the backward pass reads, made before any update
+  // (the output layer's is already current after a fused step: see out_t_current above)
   if (!out_t_current) transpose_share(W.W[n], Vp, H, V, ws.wt[n], Hp);
   for (int l = n - 1; l >= 0; --l) transpose_share(W.W[l], Hp, L.fan_in(l), H, ws.wt[l], L.Kp(l));
   team_barrier(ws.bar);
@@ -337,11 +340,14 @@ int64_t train_steps(const MutParams& P, const Dims& d, const TrainArgs& a, Exec&
     gather_share(M.w, L, B, ws.Xb[0], ws.emb, ex);
     for (int64_t s = 0; s < a.steps; ++s) {
       const float lr = a.lrs[s];
+      // every step that did not finish left the loop, and only the fused update writes W[n]
+      // here: after a fused step, its transposed copy is current (step_team)
+      const bool out_t_current = !G && s > 0;
       const int cur = (int)(s & 1), nxt = cur ^ 1;
       // every thread takes the same decision: `recorded` changes only after the step's last barrier
       StepDiag* dg = a.diag && (a.step0 + s) % a.diag->every == 0 && recorded < a.diag->capacity ? &diag : nullptr;
       const double loss =
-          step_team(M.w, G ? &G->w : nullptr, lr, L, B, ws.Yb[cur], ws, step_dropout(a, s), ex, dg, !G && s > 0);
+          step_team(M.w, G ? &G->w : nullptr, lr, L, B, ws.Yb[cur], ws, step_dropout(a, s), ex, dg, out_t_current);
       if (!__builtin_isfinite(loss)) {  // every thread sees the same loss: all leave together
         if (team_rank() == 0) {
           a.losses[s] = (float)loss;

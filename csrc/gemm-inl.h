@@ -40,13 +40,20 @@ inline void tile_k_loop(vf (&acc)[MR][NV], int K, const AT& at, const float* B, 
   }
 }
 
-// ep: the epilogue's operand (the bias row for kBias/kBiasTanh, the matrix Hm for kTanhGrad/kMul).
+// One register tile: C's MR rows x NV vectors at C. ep: the epilogue's operand (the bias
+// row for kBias/kBiasTanh, the matrix Hm for kTanhGrad/kMul). The loops over rows and
+// vectors are unrolled by pragma: a loop GCC left rolled (the tanh epilogue's is long)
+// indexes acc at run time, which kept the whole array on the stack, zeroed and reloaded
+// around the k-loop.
 template <int MR, int NV, int EPI>
-__attribute__((noinline)) void gemm_tile(int K, const float* A, int64_t sai, int64_t sap, const float* B, int64_t ldb, float* C,
-                      int64_t ldc, int ncols, const float* ep, float alpha, int kpart) {
+__attribute__((always_inline)) inline void gemm_tile(int K, const float* A, int64_t sai, int64_t sap, const float* B,
+                                                     int64_t ldb, float* C, int64_t ldc, int ncols, const float* ep,
+                                                     float alpha, int kpart) {
   vf acc[MR][NV];
   const bool from_c = kpart == kMiddle || kpart == kLast;
+#pragma GCC unroll 8
   for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
     for (int v = 0; v < NV; ++v)
       acc[r][v] = from_c ? load_part(C + r * ldc + v * VW, ncols - v * VW) : vf{};
   // The model's products read A row-major (sap == 1: x W, g W^T) or transposed (sai == 1:
@@ -67,14 +74,18 @@ __attribute__((noinline)) void gemm_tile(int K, const float* A, int64_t sai, int
     __builtin_trap();  // no caller reads A any other way (see the top): loud if one ever does
   }
   if (kpart == kFirst || kpart == kMiddle) {  // a partial sum: stored as it is
+#pragma GCC unroll 4
     for (int v = 0; v < NV; ++v)
+#pragma GCC unroll 8
       for (int r = 0; r < MR; ++r) store_part(C + r * ldc + v * VW, acc[r][v], ncols - v * VW);
     return;
   }
+#pragma GCC unroll 4
   for (int v = 0; v < NV; ++v) {
     const int n = ncols - v * VW < VW ? ncols - v * VW : VW;
     vf bv = {};
     if (EPI == kBias || EPI == kBiasTanh) bv = load_part(ep + v * VW, n);
+#pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
       float* c = C + r * ldc + v * VW;
       vf x = acc[r][v];
@@ -88,23 +99,40 @@ __attribute__((noinline)) void gemm_tile(int K, const float* A, int64_t sai, int
   }
 }
 
+// `count` tiles of MR rows, one below the other, in one call. A call per tile (12
+// arguments, the callee-saved registers, the masks and row pointers set up again) was
+// felt where tiles are short: with one call per run of tiles the lecture's fused step
+// (K = 27-32 in four products) took 0.966-0.986x the time on Zen 3 (minima of alternated
+// runs); the large configuration's, whose time is in products with K = 192-512, 0.996-0.998x.
+template <int MR, int NV, int EPI>
+__attribute__((noinline)) void gemm_tiles(int count, int K, const float* A, int64_t sai, int64_t sap, const float* B,
+                                          int64_t ldb, float* C, int64_t ldc, int ncols, const float* ep, float alpha,
+                                          int kpart) {
+  for (int c = 0; c < count; ++c) {
+    gemm_tile<MR, NV, EPI>(K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha, kpart);
+    A += MR * sai;
+    C += MR * ldc;
+    if (EPI == kTanhGrad || EPI == kMul) ep += MR * ldc;
+  }
+}
+
 template <int EPI, int MR>
-inline void gemm_tile_nv(int nv, int K, const float* A, int64_t sai, int64_t sap, const float* B, int64_t ldb,
+inline void gemm_tile_nv(int count, int nv, int K, const float* A, int64_t sai, int64_t sap, const float* B, int64_t ldb,
                          float* C, int64_t ldc, int ncols, const float* ep, float alpha, int kpart) {
   // only the shapes that fit in the registers are built (tile_rows below picks no other)
   switch (nv) {
-    case 1: gemm_tile<MR, 1, EPI>(K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha, kpart); break;
+    case 1: gemm_tiles<MR, 1, EPI>(count, K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha, kpart); break;
     case 2:
-      if constexpr (MR * 2 + 3 <= VREGS) gemm_tile<MR, 2, EPI>(K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha, kpart);
+      if constexpr (MR * 2 + 3 <= VREGS) gemm_tiles<MR, 2, EPI>(count, K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha, kpart);
       else __builtin_trap();  // tile_rows() never picks it: loud if that ever changes
       break;
     case 3:
-      if constexpr (MR * 3 + 4 <= VREGS) gemm_tile<MR, 3, EPI>(K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha, kpart);
+      if constexpr (MR * 3 + 4 <= VREGS) gemm_tiles<MR, 3, EPI>(count, K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha, kpart);
       else __builtin_trap();
       break;
     default:
       if constexpr (GEMM_NV >= 4 && MR * 4 + 5 <= VREGS)
-        gemm_tile<MR, 4, EPI>(K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha, kpart);
+        gemm_tiles<MR, 4, EPI>(count, K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha, kpart);
       else
         __builtin_trap();
       break;
@@ -112,25 +140,25 @@ inline void gemm_tile_nv(int nv, int K, const float* A, int64_t sai, int64_t sap
 }
 
 template <int EPI>
-inline void gemm_tile_any(int mr, int nv, int K, const float* A, int64_t sai, int64_t sap, const float* B,
+inline void gemm_tile_any(int count, int mr, int nv, int K, const float* A, int64_t sai, int64_t sap, const float* B,
                           int64_t ldb, float* C, int64_t ldc, int ncols, const float* ep, float alpha, int kpart) {
   static_assert(GEMM_MR >= 4 && GEMM_MR <= 8, "tile dispatch below handles 4 to 8 rows");
   switch (mr) {
-    case 1: gemm_tile_nv<EPI, 1>(nv, K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha, kpart); break;
-    case 2: gemm_tile_nv<EPI, 2>(nv, K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha, kpart); break;
-    case 3: gemm_tile_nv<EPI, 3>(nv, K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha, kpart); break;
-    case 4: gemm_tile_nv<EPI, 4>(nv, K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha, kpart); break;
+    case 1: gemm_tile_nv<EPI, 1>(count, nv, K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha, kpart); break;
+    case 2: gemm_tile_nv<EPI, 2>(count, nv, K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha, kpart); break;
+    case 3: gemm_tile_nv<EPI, 3>(count, nv, K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha, kpart); break;
+    case 4: gemm_tile_nv<EPI, 4>(count, nv, K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha, kpart); break;
     case 5:
-      if constexpr (GEMM_MR >= 5) gemm_tile_nv<EPI, 5>(nv, K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha, kpart);
+      if constexpr (GEMM_MR >= 5) gemm_tile_nv<EPI, 5>(count, nv, K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha, kpart);
       break;
     case 6:
-      if constexpr (GEMM_MR >= 6) gemm_tile_nv<EPI, 6>(nv, K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha, kpart);
+      if constexpr (GEMM_MR >= 6) gemm_tile_nv<EPI, 6>(count, nv, K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha, kpart);
       break;
     case 7:
-      if constexpr (GEMM_MR >= 7) gemm_tile_nv<EPI, 7>(nv, K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha, kpart);
+      if constexpr (GEMM_MR >= 7) gemm_tile_nv<EPI, 7>(count, nv, K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha, kpart);
       break;
     default:
-      if constexpr (GEMM_MR >= 8) gemm_tile_nv<EPI, 8>(nv, K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha, kpart);
+      if constexpr (GEMM_MR >= 8) gemm_tile_nv<EPI, 8>(count, nv, K, A, sai, sap, B, ldb, C, ldc, ncols, ep, alpha, kpart);
       break;
   }
 }
@@ -268,11 +296,16 @@ inline void gemm_rows(const GemmPlan& g, int64_t r0, int64_t r1) {
         Bk = packed;
         ldb = nv * VW;
       }
-      for (int64_t t = 0; t < ntiles; ++t) {
-        const int64_t i0 = r0 + part_begin(r1 - r0, ntiles, t);
-        const int mr = (int)(r0 + part_begin(r1 - r0, ntiles, t + 1) - i0);
+      // the tiles' two sizes (as part_begin's), each run of equal tiles in one call: nbig tiles
+      // of q + 1 rows, then the rest of q
+      const int64_t q = (r1 - r0) / ntiles, nbig = (r1 - r0) % ntiles;
+      for (int part = 0; part < 2; ++part) {
+        const int64_t i0 = part ? r0 + nbig * (q + 1) : r0;
+        const int mr = (int)(part ? q : q + 1);
+        const int count = (int)(part ? ntiles - nbig : nbig);
+        if (count == 0) continue;
         const float* ept = EPI == kTanhGrad || EPI == kMul ? g.ep + i0 * g.ldc + j0 : (g.ep ? g.ep + j0 : nullptr);
-        gemm_tile_any<EPI>(mr, nv, k1 - k0, g.A + i0 * g.sai + k0 * g.sap, g.sai, g.sap, Bk, ldb,
+        gemm_tile_any<EPI>(count, mr, nv, k1 - k0, g.A + i0 * g.sai + k0 * g.sap, g.sai, g.sap, Bk, ldb,
                            g.C + i0 * g.ldc + j0, g.ldc, ncols, ept, g.alpha, kpart);
       }
     }

@@ -100,7 +100,7 @@ __attribute__((always_inline)) inline void gemm_tile(int K, const float* A, int6
 }
 
 // `count` tiles of MR rows, one below the other, in one call. A call per tile (12
-// arguments, the callee-saved registers, the masks and row pointers set up again) was
+// arguments, the callee-saved registers, the edge masks set up again) was
 // felt where tiles are short: with one call per run of tiles the lecture's fused step
 // (K = 27-32 in four products) took 0.966-0.986x the time on Zen 3 (minima of alternated
 // runs); the large configuration's, whose time is in products with K = 192-512, 0.996-0.998x.
@@ -229,7 +229,8 @@ inline void pack_block(const float* B, int64_t ldb, int kc, int ncols, int w, fl
 // The modeled cost of one k step over `rows` rows and nvec column vectors, cut into
 // balanced blocks of at most cap vectors and tiles of at most tile_rows(nv) rows: a tile
 // of a accumulators takes max(a, FMA_ACC) FMA slots (fewer accumulators than the FMA's
-// latency x ports leave slots idle). part_begin's blocks and tiles have two sizes each.
+// latency x ports leave slots idle). The blocks (part_begin's) and the tiles (gemm_rows')
+// have two sizes each.
 inline int64_t tiling_cost(int64_t rows, int nvec, int cap) {
   const int nb = (nvec + cap - 1) / cap, q = nvec / nb, nbig = nvec % nb;
   int64_t cost = 0;
@@ -296,8 +297,8 @@ inline void gemm_rows(const GemmPlan& g, int64_t r0, int64_t r1) {
         Bk = packed;
         ldb = nv * VW;
       }
-      // the tiles' two sizes (as part_begin's), each run of equal tiles in one call: nbig tiles
-      // of q + 1 rows, then the rest of q
+      // the rows in ntiles tiles of two sizes, the nbig tiles of q + 1 rows first, then those
+      // of q: each run of equal tiles is one call (the order of the tiles changes no result)
       const int64_t q = (r1 - r0) / ntiles, nbig = (r1 - r0) % ntiles;
       for (int part = 0; part < 2; ++part) {
         const int64_t i0 = part ? r0 + nbig * (q + 1) : r0;

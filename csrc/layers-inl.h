@@ -1,7 +1,7 @@
 // The model's layers as forward/backward pairs, each working on a range of rows (or,
 // where it sums over rows, on this thread's share of the output), in the padded layout.
 // The fused training step (step-inl.h) calls them on its thread's rows; the standalone
-// kernels at the bottom of this file call the same functions on all rows. So the
+// kernels (standalone-inl.h) call the same functions on all rows. So the
 // kernels the tests compare with PyTorch are the code that trains.
 //
 // Padded layout: a matrix whose rows are read as whole vectors has its row length
@@ -320,197 +320,60 @@ inline void dropout_rows(const Dropout& dr, const float* h, int H, int Hp, int64
 // Softmax cross-entropy
 // ---------------------------------------------------------------------------
 
-// One row z (round_up(V, VW) readable floats; the pad lanes are ignored) with target y:
-// returns the loss, and if d is given writes d(loss)/dz * scale (pad lanes 0).
-// Subtracting the row max keeps exp finite; NaN anywhere in the row reaches the sum.
-inline float xent_row(const float* z, int32_t y, int V, float* d, float scale) {
+// G rows z[g] (round_up(V, VW) readable floats; the pad lanes are ignored) with targets
+// y[g]: loss[g], and if d is given d[g] = d(loss)/dz * scale (pad lanes 0). Subtracting
+// the row max keeps exp finite; NaN anywhere in a row reaches its sum. The G rows' chains
+// (max, exp, sum, log, scale) are independent and interleaved: one row at a time ran at
+// its chain's latency. Each row's operations are the same whatever G.
+template <int G>
+inline void xent_group(const float* const* z, const int32_t* y, int V, float* const* d, float scale, float* loss) {
   const vi lane = lane_index();
   const vf neg_inf = splat(-INFINITY);
-  vf mv = neg_inf;
-  for (int v = 0; v < V; v += VW) mv = vmax(select(lane < V - v, loadu(z + v), neg_inf), mv);
-  const float m = hmax(mv);
-  const vf msplat = splat(m);
-  vf sumv = {};
-  for (int v = 0; v < V; v += VW) {
-    const vf e = select(lane < V - v, exp_v(loadu(z + v) - msplat), vf{});
-    sumv += e;
-    if (d) storeu(d + v, e);
+  vf mv[G], sumv[G], ms[G];
+  for (int g = 0; g < G; ++g) mv[g] = neg_inf, sumv[g] = vf{};
+  for (int v = 0; v < V; v += VW)
+    for (int g = 0; g < G; ++g) mv[g] = vmax(select(lane < V - v, loadu(z[g] + v), neg_inf), mv[g]);
+  for (int g = 0; g < G; ++g) ms[g] = splat(hmax(mv[g]));
+  for (int v = 0; v < V; v += VW)
+    for (int g = 0; g < G; ++g) {
+      const vf e = select(lane < V - v, exp_v(loadu(z[g] + v) - ms[g]), vf{});
+      sumv[g] += e;
+      if (d) storeu(d[g] + v, e);
+    }
+  for (int g = 0; g < G; ++g) {
+    const float sum = hsum(sumv[g]);
+    loss[g] = logf(sum) - (z[g][y[g]] - ms[g][0]);
+    sumv[g] = splat(scale / sum);
   }
-  const float sum = hsum(sumv);
-  const float loss = logf(sum) - (z[y] - m);
   if (d) {
-    const vf k = splat(scale / sum);
-    for (int v = 0; v < V; v += VW) storeu(d + v, loadu(d + v) * k);
-    d[y] -= scale;
+    for (int v = 0; v < V; v += VW)
+      for (int g = 0; g < G; ++g) storeu(d[g] + v, loadu(d[g] + v) * sumv[g]);
+    for (int g = 0; g < G; ++g) d[g][y[g]] -= scale;
   }
-  return loss;
 }
 
-// Rows [r0, r1) of logits (N, ld): row_loss[i], and dlogits (N, ld) if given. A target
-// outside [0, V) (Y changed during the call) flags ex and counts as 0.
+// Rows [r0, r1) of logits (N, ld): row_loss[i], and dlogits (N, ld) if given, four rows
+// at a time. A target outside [0, V) (Y changed during the call) flags ex and counts as 0.
 inline void xent_rows(const float* logits, int64_t ld, const int32_t* Y, int V, int64_t r0, int64_t r1,
                       float* dlogits, float scale, float* row_loss, Exec& ex) {
-  for (int64_t i = r0; i < r1; ++i) {
-    int32_t y = Y[i];
-    if ((uint32_t)y >= (uint32_t)V) {
-      flag_bad_index(ex);
-      y = 0;
+  constexpr int G = 4;
+  for (int64_t i = r0; i < r1; i += G) {
+    const int n = r1 - i < G ? (int)(r1 - i) : G;
+    const float* z[G];
+    float* d[G];
+    int32_t y[G];
+    for (int g = 0; g < n; ++g) {
+      y[g] = Y[i + g];
+      if ((uint32_t)y[g] >= (uint32_t)V) {
+        flag_bad_index(ex);
+        y[g] = 0;
+      }
+      z[g] = logits + (i + g) * ld;
+      d[g] = dlogits ? dlogits + (i + g) * ld : nullptr;
     }
-    row_loss[i] = xent_row(logits + i * ld, y, V, dlogits ? dlogits + i * ld : nullptr, scale);
-  }
-}
-
-// ---------------------------------------------------------------------------
-// Standalone kernels: the same functions on all rows, on a team of ex.threads when
-// the work is large enough; inputs and outputs in the caller's (unpadded) layout.
-// ---------------------------------------------------------------------------
-inline bool big_enough(const Exec& ex, int64_t work) { return ex.threads > 1 && work >= kParallelMacs; }
-
-void embedding_forward(const float* C, const int32_t* X, float* emb, int64_t N, int T, int E, int V, Exec& ex) {
-#ifdef _OPENMP
-#pragma omp parallel num_threads(ex.threads) if (big_enough(ex, N * T * E * 4))
-#endif
-  {
-    int64_t r0, r1;
-    my_share(N, &r0, &r1);
-    embedding_forward_rows(C, V, E, X, T, r0, r1, emb, ex);
-  }
-}
-
-void embedding_backward(const float* d_emb, const int32_t* X, float* dC, int64_t N, int T, int E, int V, Exec& ex) {
-#ifdef _OPENMP
-#pragma omp parallel num_threads(ex.threads) if (big_enough(ex, N * T * E * 4))
-#endif
-  embedding_backward_share(d_emb, (int64_t)T * E, X, N, T, E, V, dC, ex);
-}
-
-// A (rows, cols) matrix in the padded layout: the caller's memory when cols is already
-// a whole number of vectors, else a padded copy.
-struct Padded {
-  Buf buf;
-  const float* p;
-  int ld;
-  Padded(const float* src, int64_t rows, int cols) : ld(round_up(cols, VW)) {
-    if (ld == cols) {
-      p = src;
-    } else {
-      float* d = buf.get((size_t)rows * ld);
-      copy_pad(src, cols, rows, cols, d, ld);
-      p = d;
-    }
-  }
-};
-
-void linear_forward(const float* x, const float* W, const float* b, float* y, int64_t N, int K, int M, bool tanh,
-                    Exec& ex) {
-  const Padded Wp(W, K, M), bp(b, 1, M);
-  const int Mp = Wp.ld;
-  Buf yb;
-  float* yp = Mp == M ? y : yb.get((size_t)N * Mp);
-#ifdef _OPENMP
-#pragma omp parallel num_threads(ex.threads) if (big_enough(ex, N * K * M))
-#endif
-  {
-    int64_t r0, r1;
-    my_share(N, &r0, &r1);
-    if (tanh)
-      linear_forward_rows<true>(x, K, K, Wp.p, Mp, bp.p, yp, r0, r1);
+    if (n == G)
+      xent_group<G>(z, y, V, dlogits ? d : nullptr, scale, row_loss + i);
     else
-      linear_forward_rows<false>(x, K, K, Wp.p, Mp, bp.p, yp, r0, r1);
-    if (yp != y) copy_unpad(yp + r0 * Mp, Mp, r1 - r0, M, y + r0 * M);
+      for (int g = 0; g < n; ++g) xent_group<1>(z + g, y + g, V, dlogits ? d + g : nullptr, scale, row_loss + i + g);
   }
-}
-
-// From dy (N, M): dx (N, K) = g W^T, dW (K, M) = x^T g, db = column sums of g, where
-// g = dy, or tanh_grad(dy, y_tanh) when the forward's tanh output y_tanh is given.
-void linear_backward(const float* dy, const float* x, const float* W, const float* y_tanh, float* dx, float* dW,
-                     float* db, int64_t N, int K, int M, Exec& ex) {
-  const int Mp = round_up(M, VW), Kp = round_up(K, VW);
-  Buf gb, yb, wtb, dxb, dwb, dbb;
-  float* g = gb.get((size_t)N * Mp);
-  copy_pad(dy, M, N, M, g, Mp);
-  if (y_tanh) {
-    float* yp = yb.get((size_t)N * Mp);
-    copy_pad(y_tanh, M, N, M, yp, Mp);
-    tanh_backward_rows(g, yp, Mp, 0, N, g);
-  }
-  float* WT = wtb.get((size_t)M * Kp);
-  memset(WT, 0, sizeof(float) * (size_t)M * Kp);
-  float* dxp = Kp == K ? dx : dxb.get((size_t)N * Kp);
-  float* dWp = Mp == M ? dW : dwb.get((size_t)K * Mp);
-  float* dbp = dbb.get(Mp);
-  Barrier bar = {};
-#ifdef _OPENMP
-#pragma omp parallel num_threads(ex.threads) if (big_enough(ex, N * K * M))
-#endif
-  {
-    transpose_share(W, M, K, M, WT, Kp);
-    team_barrier(bar);
-    int64_t r0, r1;
-    my_share(N, &r0, &r1);
-    linear_backward_input_rows<kStore>(g, Mp, M, WT, Kp, dxp, nullptr, r0, r1);
-    if (dxp != dx) copy_unpad(dxp + r0 * Kp, Kp, r1 - r0, K, dx + r0 * K);
-    linear_backward_weight_share(x, K, K, g, Mp, N, dWp, dbp, nullptr, nullptr, 0.f);
-  }
-  if (dWp != dW) copy_unpad(dWp, Mp, K, M, dW);
-  memcpy(db, dbp, sizeof(float) * M);
-}
-
-// Sum of the per-row losses of logits (N, V) against Y (N,), summed in row order in
-// double (the same for any thread count); dlogits (N, V) = d(mean loss)/d(logits) if given.
-double cross_entropy(const float* logits, const int32_t* Y, float* dlogits, int64_t N, int V, Exec& ex) {
-  const Padded z(logits, N, V);
-  const int Vp = z.ld;
-  Buf db, lb;
-  float* d = dlogits == nullptr ? nullptr : Vp == V ? dlogits : db.get((size_t)N * Vp);
-  float* row_loss = lb.get((size_t)N);
-#ifdef _OPENMP
-#pragma omp parallel num_threads(ex.threads) if (big_enough(ex, N * V * 16))
-#endif
-  {
-    int64_t r0, r1;
-    my_share(N, &r0, &r1);
-    xent_rows(z.p, Vp, Y, V, r0, r1, d, 1.0f / (float)N, row_loss, ex);
-    if (d && d != dlogits) copy_unpad(d + r0 * Vp, Vp, r1 - r0, V, dlogits + r0 * V);
-  }
-  double s = 0.0;
-  for (int64_t i = 0; i < N; ++i) s += row_loss[i];
-  return s;
-}
-
-// BatchNorm1d + tanh on all rows (the training step's column-shared functions, on a team
-// when the work is large enough); caller's layout (N, H), padded here.
-void batchnorm_tanh_forward(const float* pre, const float* gamma, const float* beta, float eps, float* h, float* xhat,
-                            float* stats, int64_t N, int H, Exec& ex) {
-  const Padded P(pre, N, H), g(gamma, 1, H), b(beta, 1, H);
-  const int Hp = P.ld;
-  Buf hb, xb, sb;
-  float *hp = hb.get((size_t)N * Hp), *xp = xb.get((size_t)N * Hp), *sp = sb.get((size_t)3 * Hp);
-  const BatchNormStats st{sp, sp + Hp, sp + 2 * Hp};
-#ifdef _OPENMP
-#pragma omp parallel num_threads(ex.threads) if (big_enough(ex, N * H * 16))
-#endif
-  batchnorm_tanh_forward_share(P.p, N, Hp, g.p, b.p, eps, xp, hp, st);
-  copy_unpad(hp, Hp, N, H, h);
-  copy_unpad(xp, Hp, N, H, xhat);
-  for (int k = 0; k < 3; ++k) copy_unpad(sp + k * Hp, Hp, 1, H, stats + (int64_t)k * H);
-}
-
-void batchnorm_tanh_backward(const float* dh, const float* h, const float* xhat, const float* stats,
-                             const float* gamma, float* dpre, float* dgamma, float* dbeta, int64_t N, int H, Exec& ex) {
-  const Padded D(dh, N, H), Hh(h, N, H), X(xhat, N, H), S(stats, 3, H), g(gamma, 1, H);
-  const int Hp = D.ld;
-  Buf yb, db, gb, bb, gam;
-  float *dy = yb.get((size_t)N * Hp), *dp = db.get((size_t)N * Hp), *dg = gb.get(Hp), *dbt = bb.get(Hp);
-  float* gm = gam.get(Hp);  // a copy: the kernel's gamma is written only by a fused update, never here
-  memcpy(gm, g.p, sizeof(float) * Hp);
-  tanh_backward_rows(D.p, Hh.p, Hp, 0, N, dy);
-  const BatchNormStats st{const_cast<float*>(S.p), const_cast<float*>(S.p) + Hp, const_cast<float*>(S.p) + 2 * Hp};
-#ifdef _OPENMP
-#pragma omp parallel num_threads(ex.threads) if (big_enough(ex, N * H * 16))
-#endif
-  batchnorm_backward_share(dy, X.p, st, N, Hp, gm, nullptr, dp, dg, dbt, false, 0.f, nullptr, nullptr, 0.f);
-  copy_unpad(dp, Hp, N, H, dpre);
-  memcpy(dgamma, dg, sizeof(float) * H);
-  memcpy(dbeta, dbt, sizeof(float) * H);
 }

@@ -44,17 +44,17 @@
 namespace fastmlp {
 namespace FASTMLP_ISA {
 
-#include "simd-inl.h"    // vectors, exp, tanh
-#include "team-inl.h"    // buffers, thread shares, barriers
-#include "gemm-inl.h"    // the register-tiled product and its epilogues
-#include "optim-inl.h"   // SGD, momentum, AdamW
-#include "layers-inl.h"  // embedding, linear, dropout, cross-entropy: forward/backward pairs
+#include "simd-inl.h"        // vectors, exp, tanh
+#include "team-inl.h"        // buffers, thread shares, barriers
+#include "gemm-inl.h"        // the register-tiled product and its epilogues
+#include "optim-inl.h"       // SGD, momentum, AdamW
+#include "layers-inl.h"      // embedding, linear, dropout, cross-entropy: forward/backward pairs
 #include "standalone-inl.h"  // the same layers on all rows, in the caller's layout
-#include "model-inl.h"   // padded parameters, forward and loss of many rows
-#include "diag-inl.h"    // a step's diagnostics: activations, gradients, updates
-#include "step-inl.h"    // the training step, loss and gradients, the fused loop
-#include "sample-inl.h"  // the batched sampler
-#include "peak-inl.h"    // the FMA peak (benchmark support)
+#include "model-inl.h"       // padded parameters, forward and loss of many rows
+#include "diag-inl.h"        // a step's diagnostics: activations, gradients, updates
+#include "step-inl.h"        // the training step, loss and gradients, the fused loop
+#include "sample-inl.h"      // the batched sampler
+#include "peak-inl.h"        // the FMA peak (benchmark support)
 
 }  // namespace FASTMLP_ISA
 

@@ -353,7 +353,8 @@ inline void xent_group(const float* const* z, const int32_t* y, int V, float* co
 }
 
 // Rows [r0, r1) of logits (N, ld): row_loss[i], and dlogits (N, ld) if given, four rows
-// at a time. A target outside [0, V) (Y changed during the call) flags ex and counts as 0.
+// at a time (the rest one by one). A target outside [0, V) (Y changed during the call)
+// flags ex and counts as 0.
 inline void xent_rows(const float* logits, int64_t ld, const int32_t* Y, int V, int64_t r0, int64_t r1,
                       float* dlogits, float scale, float* row_loss, Exec& ex) {
   constexpr int G = 4;

@@ -1,6 +1,7 @@
 """Where one training step's time goes, phase by phase (one thread): compiles
 benchmarks/step_phases.cpp, which includes the extension's own kernels, with the flags of
-the best ISA build this CPU runs, and prints its markdown table.
+the best ISA build this CPU runs, and prints its markdown tables: each phase timed alone,
+then the same phases timed where they run, inside the fused training loop.
 
     python benchmarks/bench_phases.py            # the lecture's step
     python benchmarks/bench_phases.py --large    # block 8, E 24, H 512, batch 256

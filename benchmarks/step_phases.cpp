@@ -7,9 +7,34 @@
 // sum is below a step in the fused loop (whose working set is larger than L1, and which
 // also draws the batch). The products' ideal is their multiply-adds at the FMA peak
 // measured here (padded columns count as waste, not as work).
-#include "kernels.cpp"
-
+//
+// A second table times the same phases where they run, in the fused loop (train_steps on
+// random examples): this file defines the phase marks (step-inl.h's FASTMLP_PHASE) as
+// reads of the time-stamp counter, which cost ~15 ns each (14 a step; included there),
+// summed in globals: valid with one thread, as it runs.
+#include <stdint.h>
 #include <stdio.h>
+
+#include <chrono>
+#if defined(__x86_64__) || defined(__i386__)
+#include <x86intrin.h>
+static inline uint64_t phase_clock() { return __rdtsc(); }
+#else
+static inline uint64_t phase_clock() {
+  return (uint64_t)std::chrono::steady_clock::now().time_since_epoch().count();
+}
+#endif
+namespace phase_marks {
+uint64_t ticks[32], last;
+}
+#define FASTMLP_PHASE(p)                                   \
+  do {                                                     \
+    const uint64_t t_ = phase_clock();                     \
+    phase_marks::ticks[p] += t_ - phase_marks::last;       \
+    phase_marks::last = t_;                                \
+  } while (0)
+
+#include "kernels.cpp"
 
 using namespace fastmlp;
 using namespace fastmlp::FASTMLP_ISA;
@@ -43,6 +68,80 @@ double best_us(F f, int n) {  // the best of 7 blocks of n calls
 }
 }  // namespace
 
+struct Row {
+  const char* name;
+  double us, macs;
+};
+
+// The fused loop: train_steps on random examples, one thread; each phase's share of the
+// marks' ticks in the best of 7 blocks, times that block's µs a step. alone: rows' index
+// of the same phase in the table above (-1: a phase with no row there).
+void in_the_loop(const Dims& d, bool large, const Row* rows, double peak, double flops) {  // peak: FLOP/s
+  const int64_t N = 182625;  // the lecture's training split
+  const int steps = large ? 100 : 5000, B = large ? 256 : 32;
+  int32_t* X = (int32_t*)malloc(sizeof(int32_t) * N * d.T);
+  int32_t* Y = (int32_t*)malloc(sizeof(int32_t) * N);
+  for (int64_t i = 0; i < N * d.T; ++i) X[i] = (int32_t)((frand() + 0.5f) * d.V) % d.V;
+  for (int64_t i = 0; i < N; ++i) Y[i] = (int32_t)((frand() + 0.5f) * d.V) % d.V;
+  float *C = make((size_t)d.V * d.E, 1.f), *W1 = make((size_t)d.T * d.E * d.H, 0.2f), *b1 = make(d.H, 0.1f);
+  float *W2 = make((size_t)d.H * d.V, 0.2f), *b2 = make(d.V, 0.1f);
+  MutParams P{};
+  P.C = C, P.W[0] = W1, P.b[0] = b1, P.W[1] = W2, P.b[1] = b2;
+  float* lrs = make(steps, 0.f);
+  for (int i = 0; i < steps; ++i) lrs[i] = 1e-3f;
+  float* losses = make(steps, 0.f);
+  uint64_t rng[4];
+  rng_seed(rng, 1);
+  TrainArgs a{};
+  a.X = X, a.Y = Y, a.n_examples = N, a.batch_size = B, a.steps = steps, a.lrs = lrs, a.rng_state = rng;
+  a.losses = losses;
+  Exec ex{1, 0, 0, nullptr};
+  train_steps(P, d, a, ex);  // warm-up
+  double best = 1e30;
+  uint64_t best_ticks[kPhases] = {};
+  for (int rep = 0; rep < 7; ++rep) {
+    memset(phase_marks::ticks, 0, sizeof phase_marks::ticks);
+    const double t0 = now_seconds();
+    phase_marks::last = phase_clock();
+    train_steps(P, d, a, ex);
+    const double t = (now_seconds() - t0) / steps * 1e6;
+    if (t < best) best = t, memcpy(best_ticks, phase_marks::ticks, sizeof best_ticks);
+  }
+  double all = 0;
+  for (int p = 0; p < kPhases; ++p) all += (double)best_ticks[p];
+  // the peak again, after the loop: a neighbour may have depressed the first sample
+  float sink;
+  const double peak_after = 12.0 * VW * 2 * 200000 / (best_us([&] {
+                              fma_loop(200000, &sink);
+                              asm volatile("" : : "m"(sink) : "memory");
+                            }, 20) * 1e-6);
+  peak = peak_after > peak ? peak_after : peak;
+  static const struct {
+    const char* name;
+    int alone;
+  } ph[kPhases] = {{"embedding gather", 0}, {"h = tanh(emb W1 + b1)", 1}, {"logits = h W2 + b2", 3},
+                   {"softmax cross-entropy rows", 4}, {"W1^T (transpose)", 5},
+                   {"dpre = dlogits W2^T (1 - h^2)", 6}, {"demb = dpre W1^T", 7},
+                   {"W2^T -= lr dlogits^T h, W2 = (W2^T)^T (+ b2)", 8}, {"W1 -= lr emb^T dpre (+ b1)", 9},
+                   {"embedding scatter + update", 10}, {"the batch: draw the next, copy its rows", -1},
+                   {"the rest: loss sum, barriers, set-up and copies out", -1}};
+  printf("\nIn the fused loop (train_steps on %lld random examples, one thread): the best of 7 blocks of %d steps, "
+         "%.2f µs a step = %.0f%% of the peak (%.1f GFLOP/s: the higher of the samples before and after it)\n\n| phase | in the loop µs | alone µs | loop - alone |\n"
+         "|---|---:|---:|---:|\n", (long long)N, steps, best, flops / peak * 1e6 / best * 100, peak / 1e9);
+  double sum_alone = 0;
+  for (int p = 0; p < kPhases; ++p) {
+    const double us = best_ticks[p] / all * best;
+    if (ph[p].alone >= 0) {
+      const double alone = rows[ph[p].alone].us;
+      sum_alone += alone;
+      printf("| %s | %.2f | %.2f | %+.2f |\n", ph[p].name, us, alone, us - alone);
+    } else {
+      printf("| %s | %.2f | | |\n", ph[p].name, us);
+    }
+  }
+  printf("| **the step** | **%.2f** | **%.2f** | **%+.2f** |\n", best, sum_alone, best - sum_alone);
+}
+
 int main(int argc, char** argv) {
   const bool large = argc > 1 && strcmp(argv[1], "large") == 0;
   const int T = large ? 8 : 3, E = large ? 24 : 10, H = large ? 512 : 200, V = 27, B = large ? 256 : 32;
@@ -72,10 +171,7 @@ int main(int argc, char** argv) {
                         fma_loop(200000, &sink);
                         asm volatile("" : : "m"(sink) : "memory");
                       }, 20) * 1e-6);
-  struct Row {
-    const char* name;
-    double us, macs;
-  } rows[16];
+  Row rows[16];
   int nrows = 0;
   auto add = [&](const char* name, double us, double macs) { rows[nrows++] = {name, us, macs}; };
   const double mac1 = (double)B * L.TE * H, mac2 = (double)B * H * V;
@@ -123,5 +219,6 @@ int main(int argc, char** argv) {
   }
   printf("| **sum of the phases** | **%.2f** | | **%.2f** | **%.0f%%** |\n", total, 2 * macs / peak * 1e6,
          2 * macs / peak * 1e6 / total * 100);
+  in_the_loop(d, large, rows, peak, 2 * macs);
   return 0;
 }

@@ -2,6 +2,17 @@
 // of threads, the per-batch gradient kernel (mlp_loss_and_grad) and the fused training
 // loop (train_steps) with its minibatch sampler and optimizers.
 
+// Phase marks: FASTMLP_PHASE(p) says the time since the previous mark was phase p's.
+// benchmarks/step_phases.cpp defines it before it includes kernels.cpp, to see where a
+// step's time goes inside the fused loop; elsewhere the marks are empty.
+enum StepPhase {
+  kPhGather, kPhForward, kPhLogits, kPhXent, kPhTranspose, kPhDinput, kPhDemb, kPhOutUpdate, kPhUpdate,
+  kPhEmbBackward, kPhBatch, kPhOther, kPhases
+};
+#ifndef FASTMLP_PHASE
+#define FASTMLP_PHASE(p) ((void)0)
+#endif
+
 // Workspace of one step, reused across steps; allocated before any parallel region.
 struct StepWork {
   Buf b_emb, b_h, b_logits, b_dlogits, b_dpre, b_demb, b_wt, b_dC, b_loss, b_X[2], b_Y[2], b_ix, b_hd, b_dt,
@@ -105,6 +116,7 @@ double step_team(const PadWeights& W, const PadWeights* G, float lr, const Layou
       dropout_rows(dr.layer(l, n), ws.h[l], H, Hp, r0, r1, ws.hd[l], ws.dt[l]);
       in[l + 1] = ws.hd[l];
     }
+    FASTMLP_PHASE(kPhForward);
   }
   if (dg) {  // each layer's tanh input, by the forward's own product (or BatchNorm's gamma xhat + beta)
     for (int l = 0; l < n; ++l) {
@@ -121,16 +133,20 @@ double step_team(const PadWeights& W, const PadWeights* G, float lr, const Layou
   }
   const float* hout = in[n];  // what the output layer sees
   linear_forward_rows<false>(hout, Hp, H, W.W[n], Vp, W.b[n], ws.logits, r0, r1);  // logits = h W + b
+  FASTMLP_PHASE(kPhLogits);
   xent_rows(ws.logits, Vp, Yb, V, r0, r1, ws.dlogits, 1.0f / (float)B, ws.row_loss, ex);
+  FASTMLP_PHASE(kPhXent);
   // and a share of the transposed weights the backward pass reads, made before any update
   // (the output layer's is already current after a fused step: see out_t_current above)
   if (!out_t_current) transpose_share(W.W[n], Vp, H, V, ws.wt[n], Hp);
   for (int l = n - 1; l >= 0; --l) transpose_share(W.W[l], Hp, L.fan_in(l), H, ws.wt[l], L.Kp(l));
+  FASTMLP_PHASE(kPhTranspose);
   team_barrier(ws.bar);
   double loss = 0.0;  // every thread sums the same numbers in the same order
   for (int64_t i = 0; i < B; ++i) loss += ws.row_loss[i];
   loss /= (double)B;
   if (!__builtin_isfinite(loss)) return loss;
+  FASTMLP_PHASE(kPhOther);
 
   // this thread's rows, layer by layer down: dpre[l] = tanh_grad(g W[l+1]^T, h[l]) [through
   // the mask] (then through BatchNorm, by columns); demb = dpre[0] W[0]^T
@@ -156,8 +172,10 @@ double step_team(const PadWeights& W, const PadWeights* G, float lr, const Layou
     g = ws.dpre[l];
     ldg = Hp;
     M = H;
+    FASTMLP_PHASE(kPhDinput);
   }
   linear_backward_input_rows<kStore>(ws.dpre[0], Hp, H, ws.wt[0], L.TEp, ws.demb, nullptr, r0, r1);
+  FASTMLP_PHASE(kPhDemb);
   if (dg)  // d loss / d(each layer's output): the backward-input product without tanh's epilogue
     for (int l = n - 1; l >= 0; --l) {
       if (l == n - 1)
@@ -175,6 +193,7 @@ double step_team(const PadWeights& W, const PadWeights* G, float lr, const Layou
     column_sums_share(ws.dlogits, B, Vp, Vp, ws.colsum, W.b[n], lr);
   team_barrier(ws.bar);
   if (!G) linear_update_transposed_share(hout, Hp, H, ws.dlogits, Vp, V, B, ws.wt[n], Hp, W.W[n], Vp, lr);
+  FASTMLP_PHASE(kPhOutUpdate);
   if (dg) diag_grad_rows(*dg, L, r0, r1);  // every row's max |dh| is known now
   for (int l = n - 1; l >= 0; --l) {
     const float* xl = in[l];
@@ -188,6 +207,7 @@ double step_team(const PadWeights& W, const PadWeights* G, float lr, const Layou
       linear_backward_weight_share(xl, ldx, K, ws.dpre[l], Hp, B, nullptr,
                                    L.bn ? nullptr : ws.colsum + Vp + (int64_t)l * Hp, W.W[l], W.b[l], lr);
   }
+  FASTMLP_PHASE(kPhUpdate);
   return loss;
 }
 
@@ -337,7 +357,9 @@ int64_t train_steps(const MutParams& P, const Dims& d, const TrainArgs& a, Exec&
 #endif
   {
     const double t_start = ex.profile ? now_seconds() : 0.0;
+    FASTMLP_PHASE(kPhOther);  // (the set-up above)
     gather_share(M.w, L, B, ws.Xb[0], ws.emb, ex);
+    FASTMLP_PHASE(kPhGather);
     for (int64_t s = 0; s < a.steps; ++s) {
       const float lr = a.lrs[s];
       // every step that did not finish left the loop, and only the fused update writes W[n]
@@ -358,9 +380,11 @@ int64_t train_steps(const MutParams& P, const Dims& d, const TrainArgs& a, Exec&
       // the embedding table: dC on this thread's rows of C, and its SGD update there
       embedding_backward_share(ws.demb, L.TEp, ws.Xb[cur], B, L.T, L.E, L.V, G ? G->w.C : ws.dC, ex,
                                G ? nullptr : M.w.C, lr);
+      FASTMLP_PHASE(kPhEmbBackward);
       if (G) {  // the optimizer needs every gradient
         team_barrier(ws.bar);
         optimizer_share(*o, M.w, G->w, S0->w, S1 ? &S1->w : nullptr, L, lr, o->step + s + 1);
+        FASTMLP_PHASE(kPhOther);
       }
       // one thread: the bookkeeping and the next batch; the barrier ends the step
       if (team_rank() == 0) {
@@ -374,6 +398,7 @@ int64_t train_steps(const MutParams& P, const Dims& d, const TrainArgs& a, Exec&
         }
         quit[cur] = q;
       }
+      FASTMLP_PHASE(kPhBatch);
       team_barrier(ws.bar);
       if (dg) {  // every update of the step is done; nothing of the next one has started
         if (team_rank() == 0) {
@@ -385,12 +410,15 @@ int64_t train_steps(const MutParams& P, const Dims& d, const TrainArgs& a, Exec&
         team_barrier(ws.bar);
       }
       if (quit[cur] || s + 1 == a.steps) break;
+      FASTMLP_PHASE(kPhOther);
       gather_share(M.w, L, B, ws.Xb[nxt], ws.emb, ex);  // the only rows this thread's next forward reads
+      FASTMLP_PHASE(kPhGather);
     }
     if (ex.profile) ex.profile[2 * team_rank() + 1] += now_seconds() - t_start;
   }
   M.copy_out(L, P);
   if (S0) S0->copy_out(L, o->slot[0]);
   if (S1) S1->copy_out(L, o->slot[1]);
+  FASTMLP_PHASE(kPhOther);  // (and the copies out)
   return done;
 }

@@ -184,6 +184,28 @@ def test_training_is_deterministic_and_thread_independent(small_names, batch_siz
             np.testing.assert_array_equal(P[k], results[0][1][k])
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_run_cut_short_gives_back_the_batch_it_drew_ahead(small_names, threads):
+    # the lecture's model draws the next batch while a step runs (step-inl.h's
+    # kDrawAheadFloats); a run that stops or diverges before using it gives the RNG its
+    # state back: rng_state is that of a run that drew as many batches
+    X, Y = small_names.train
+    m = MLP(small_names.vocab.size, 3, 10, 200, seed=5, init="scaled")
+
+    def run(steps, lr=0.1, stop=None):
+        P, state = copy_params(m.params), _core.rng_state(11)
+        losses = train_steps(P, X, Y, (steps, lr), batch_size=32, rng_state=state, threads=threads, stop=stop)
+        return losses, state
+
+    losses, state = run(10, stop=np.ones(1, np.int32))  # polled after each step: one step runs
+    assert len(losses) == 1
+    np.testing.assert_array_equal(state, run(1)[1])
+    losses, state = run(50, lr=1e30)  # diverges: the last loss is the step that was not applied
+    assert 1 <= len(losses) < 50 and not np.isfinite(losses[-1])
+    np.testing.assert_array_equal(state, run(len(losses))[1])
+    assert not np.array_equal(state, run(len(losses) + 1)[1])  # (the comparison can tell one batch)
+
+
 def test_wide_batches_are_thread_independent_and_match_torch():
     rng = np.random.default_rng(4)
     V, T, E, H, B = 27, 8, 24, 64, 256

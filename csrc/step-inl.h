@@ -265,8 +265,8 @@ inline int64_t step_floats(const Layout& L, int64_t B) {
 
 // The next batch is drawn a step ahead (train_steps) where the step's working set leaves
 // its rows in cache: measured in the loop on Zen 3 (benchmarks/step_phases.cpp), the
-// lecture's batch took 0.8-1.3 us drawn ahead against 1.4-1.8 drawn at the step's end;
-// the large configuration's, whose step moves 2.4 MB, 40-58 us against 23-35 (the rows
+// lecture's batch took 0.8-1.3 us drawn ahead against 1.35-1.8 drawn at the step's end;
+// the large configuration's, whose step moves 2.4 MB, 40-58 us against 19-35 (the rows
 // prefetched at the start are gone by the end, and the prefetches cost their page walks).
 constexpr int64_t kDrawAheadFloats = 65536;  // 256 KB: half of Zen 3's L2
 

@@ -66,6 +66,22 @@ double best_us(F f, int n) {  // the best of 7 blocks of n calls
   }
   return best;
 }
+// The one-core FMA peak, FLOP/s. The asm keeps the sum alive: this file is one translation
+// unit with the kernels, and a compiler that inlines fma_loop may otherwise drop the loop
+// whose result nobody reads.
+double fma_peak() {
+  float sink;
+  return 12.0 * VW * 2 * 200000 / (best_us([&] {
+           fma_loop(200000, &sink);
+           asm volatile("" : : "m"(sink) : "memory");
+         }, 20) * 1e-6);
+}
+// n random token ids in [0, V)
+int32_t* tokens(int64_t n, int V) {
+  int32_t* t = (int32_t*)malloc(sizeof(int32_t) * n);
+  for (int64_t i = 0; i < n; ++i) t[i] = (int32_t)((frand() + 0.5f) * V) % V;
+  return t;
+}
 }  // namespace
 
 struct Row {
@@ -74,15 +90,12 @@ struct Row {
 };
 
 // The fused loop: train_steps on random examples, one thread; each phase's share of the
-// marks' ticks in the best of 7 blocks, times that block's µs a step. alone: rows' index
-// of the same phase in the table above (-1: a phase with no row there).
-void in_the_loop(const Dims& d, bool large, const Row* rows, double peak, double flops) {  // peak: FLOP/s
+// marks' ticks in the best of 7 blocks, times that block's µs a step, beside the row of
+// the same name in the table above (rows[0, nrows)).
+void in_the_loop(const Dims& d, bool large, const Row* rows, int nrows, double peak, double flops) {  // FLOP/s, FLOP
   const int64_t N = 182625;  // the lecture's training split
   const int steps = large ? 100 : 5000, B = large ? 256 : 32;
-  int32_t* X = (int32_t*)malloc(sizeof(int32_t) * N * d.T);
-  int32_t* Y = (int32_t*)malloc(sizeof(int32_t) * N);
-  for (int64_t i = 0; i < N * d.T; ++i) X[i] = (int32_t)((frand() + 0.5f) * d.V) % d.V;
-  for (int64_t i = 0; i < N; ++i) Y[i] = (int32_t)((frand() + 0.5f) * d.V) % d.V;
+  int32_t *X = tokens(N * d.T, d.V), *Y = tokens(N, d.V);
   float *C = make((size_t)d.V * d.E, 1.f), *W1 = make((size_t)d.T * d.E * d.H, 0.2f), *b1 = make(d.H, 0.1f);
   float *W2 = make((size_t)d.H * d.V, 0.2f), *b2 = make(d.V, 0.1f);
   MutParams P{};
@@ -110,33 +123,27 @@ void in_the_loop(const Dims& d, bool large, const Row* rows, double peak, double
   double all = 0;
   for (int p = 0; p < kPhases; ++p) all += (double)best_ticks[p];
   // the peak again, after the loop: a neighbour may have depressed the first sample
-  float sink;
-  const double peak_after = 12.0 * VW * 2 * 200000 / (best_us([&] {
-                              fma_loop(200000, &sink);
-                              asm volatile("" : : "m"(sink) : "memory");
-                            }, 20) * 1e-6);
+  const double peak_after = fma_peak();
   peak = peak_after > peak ? peak_after : peak;
-  static const struct {
-    const char* name;
-    int alone;
-  } ph[kPhases] = {{"embedding gather", 0}, {"h = tanh(emb W1 + b1)", 1}, {"logits = h W2 + b2", 3},
-                   {"softmax cross-entropy rows", 4}, {"W1^T (transpose)", 5},
-                   {"dpre = dlogits W2^T (1 - h^2)", 6}, {"demb = dpre W1^T", 7},
-                   {"W2^T -= lr dlogits^T h, W2 = (W2^T)^T (+ b2)", 8}, {"W1 -= lr emb^T dpre (+ b1)", 9},
-                   {"embedding scatter + update", 10}, {"the batch: draw the next, copy its rows", -1},
-                   {"the rest: loss sum, barriers, set-up and copies out", -1}};
+  static const char* const ph[kPhases] = {  // in StepPhase's order
+      "embedding gather", "h = tanh(emb W1 + b1)", "logits = h W2 + b2", "softmax cross-entropy rows",
+      "W1^T (transpose)", "dpre = dlogits W2^T (1 - h^2)", "demb = dpre W1^T",
+      "W2^T -= lr dlogits^T h, W2 = (W2^T)^T (+ b2)", "W1 -= lr emb^T dpre (+ b1)", "embedding scatter + update",
+      "the batch: draw the next, copy its rows", "the rest: loss sum, barriers, set-up and copies out"};
   printf("\nIn the fused loop (train_steps on %lld random examples, one thread): the best of 7 blocks of %d steps, "
          "%.2f µs a step = %.0f%% of the peak (%.1f GFLOP/s: the higher of the samples before and after it)\n\n| phase | in the loop µs | alone µs | loop - alone |\n"
          "|---|---:|---:|---:|\n", (long long)N, steps, best, flops / peak * 1e6 / best * 100, peak / 1e9);
   double sum_alone = 0;
   for (int p = 0; p < kPhases; ++p) {
     const double us = best_ticks[p] / all * best;
-    if (ph[p].alone >= 0) {
-      const double alone = rows[ph[p].alone].us;
-      sum_alone += alone;
-      printf("| %s | %.2f | %.2f | %+.2f |\n", ph[p].name, us, alone, us - alone);
+    const Row* alone = nullptr;
+    for (int i = 0; i < nrows; ++i)
+      if (strcmp(rows[i].name, ph[p]) == 0) alone = &rows[i];
+    if (alone) {
+      sum_alone += alone->us;
+      printf("| %s | %.2f | %.2f | %+.2f |\n", ph[p], us, alone->us, us - alone->us);
     } else {
-      printf("| %s | %.2f | | |\n", ph[p].name, us);
+      printf("| %s | %.2f | | |\n", ph[p], us);
     }
   }
   printf("| **the step** | **%.2f** | **%.2f** | **%+.2f** |\n", best, sum_alone, best - sum_alone);
@@ -156,21 +163,12 @@ int main(int argc, char** argv) {
   float *dl = make((size_t)B * L.Vp, 1), *dpre = make((size_t)B * L.Hp, 1), *demb = make((size_t)B * L.TEp, 1);
   float *wt1 = make((size_t)H * L.TEp, 0), *wt2 = make((size_t)V * L.Hp, 0), *loss = make(B, 0);
   float *colsum = make(L.Vp + L.Hp, 0), *dC = make((size_t)V * E, 0);
-  int32_t* X = (int32_t*)malloc(sizeof(int32_t) * B * T);
-  int32_t* Y = (int32_t*)malloc(sizeof(int32_t) * B);
-  for (int i = 0; i < B * T; ++i) X[i] = (int32_t)((frand() + 0.5f) * V) % V;
-  for (int i = 0; i < B; ++i) Y[i] = (int32_t)((frand() + 0.5f) * V) % V;
+  int32_t *X = tokens((int64_t)B * T, V), *Y = tokens(B, V);
   Exec ex{1, 0, 0, nullptr};
   const int n = large ? 200 : 20000;
   const float lr = 1e-9f;  // the updates run, and leave the weights (nearly) as they are
 
-  float sink;
-  // the asm keeps the sum alive: this file is one translation unit with the kernels, and a
-  // compiler that inlines fma_loop may otherwise drop the loop whose result nobody reads
-  const double peak = 12.0 * VW * 2 * 200000 / (best_us([&] {
-                        fma_loop(200000, &sink);
-                        asm volatile("" : : "m"(sink) : "memory");
-                      }, 20) * 1e-6);
+  const double peak = fma_peak();
   Row rows[16];
   int nrows = 0;
   auto add = [&](const char* name, double us, double macs) { rows[nrows++] = {name, us, macs}; };
@@ -219,6 +217,6 @@ int main(int argc, char** argv) {
   }
   printf("| **sum of the phases** | **%.2f** | | **%.2f** | **%.0f%%** |\n", total, 2 * macs / peak * 1e6,
          2 * macs / peak * 1e6 / total * 100);
-  in_the_loop(d, large, rows, peak, 2 * macs);
+  in_the_loop(d, large, rows, nrows, peak, 2 * macs);
   return 0;
 }

@@ -49,6 +49,7 @@ namespace FASTMLP_ISA {
 #include "gemm-inl.h"        // the register-tiled product and its epilogues
 #include "optim-inl.h"       // SGD, momentum, AdamW
 #include "layers-inl.h"      // embedding, linear, dropout, cross-entropy: forward/backward pairs
+#include "table-inl.h"       // the first layer through the embedding table (large batches)
 #include "standalone-inl.h"  // the same layers on all rows, in the caller's layout
 #include "model-inl.h"       // padded parameters, forward and loss of many rows
 #include "diag-inl.h"        // a step's diagnostics: activations, gradients, updates

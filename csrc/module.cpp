@@ -88,6 +88,15 @@ PYBIND11_MODULE(_core, m) {
   m.def("max_threads", &max_threads, "The largest thread count a call accepts.");
   m.def("set_isa", &set_isa, py::arg("name"), "Select a kernel build: 'auto', 'generic', 'avx2', 'avx512'.");
   m.def("get_isa", [] { return std::string(active_kernels().isa); });
+  m.def("first_layer_tables",
+        [](int V, int T, int E, int64_t batch) {
+          Dims d{};
+          d.V = V, d.T = T, d.E = E;
+          return first_layer_tables(d, batch);
+        },
+        py::arg("V"), py::arg("T"), py::arg("E"), py::arg("batch"),
+        "Whether a training step of this batch size takes the first layer through the embedding table "
+        "(C W1's rows summed, instead of emb W1): where that is at most half the work.");
 
   m.def("embedding_forward", &embedding_forward, py::arg("C"), py::arg("X"), py::kw_only(), T,
         "emb (N, T*E) = C[X] for C (V, E) float32, X (N, T) int32.");

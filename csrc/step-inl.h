@@ -13,11 +13,22 @@ enum StepPhase {
 #define FASTMLP_PHASE(p) ((void)0)
 #endif
 
+// The first layer through the tables (kernels.h's rule, table-inl.h's layers).
+inline bool fold_first(const Layout& L, int64_t N) {
+  Dims d{};
+  d.V = L.V, d.T = L.T, d.E = L.E;
+  return first_layer_tables(d, N);
+}
+
 // Workspace of one step, reused across steps; allocated before any parallel region.
 struct StepWork {
   Buf b_emb, b_h, b_logits, b_dlogits, b_dpre, b_demb, b_wt, b_dC, b_loss, b_X[2], b_Y[2], b_ix, b_hd, b_dt,
-      b_colsum, b_pre, b_xhat, b_dy, b_stats;
+      b_colsum, b_pre, b_xhat, b_dy, b_stats, b_table, b_S, b_wts;
   float *emb, *logits, *dlogits, *demb, *dC, *row_loss;
+  // where fold_first (table-inl.h): the first layer's tables P (T V, Hp), the sums S (V, T Hp)
+  // of its pre-activation gradient by symbol, and its W_t^T one below the other, Wts (T Hp, Ep)
+  float *table = nullptr, *S = nullptr, *wts = nullptr;
+  int Ep = 0;
   float* h[kMaxLayers];     // each hidden layer's output (B, Hp)
   float* dpre[kMaxLayers];  // d(loss)/d(its pre-activation: x W[l] + b[l]) (B, Hp)
   float* wt[kMaxLayers + 1];  // W[l]^T (H, Kp(l)); the output layer's (V, Hp)
@@ -70,6 +81,14 @@ struct StepWork {
       hd[l] = hds + l * bh;
       dt[l] = dts + l * bh;
     }
+    table = S = wts = nullptr;
+    if (fold_first(L, B)) {
+      Ep = round_up(L.E, VW);
+      table = b_table.get((size_t)L.T * L.V * L.Hp);
+      S = b_S.get((size_t)(L.V * table_ld(L.T, L.Hp)));
+      wts = b_wts.get((size_t)L.T * L.Hp * Ep);
+      memset(wts, 0, sizeof(float) * (size_t)L.T * L.Hp * Ep);  // pads: zero for good, the transposes skip them
+    }
     ix = b_ix.get_as<int64_t>((size_t)B);
     for (int i = 0; i < 2; ++i) {
       Xb[i] = b_X[i].get_as<int32_t>((size_t)(B * L.T));
@@ -78,13 +97,16 @@ struct StepWork {
   }
 };
 
-// Forward and backward of one batch (Yb, with ws.emb gathered), run by every thread of
+// Forward and backward of one batch (contexts Xb, targets Yb; ws.emb gathered unless the
+// first layer goes through the tables, ws.table), run by every thread of
 // the current team (or one thread outside a team). Each thread owns a contiguous range
 // of the batch's rows and takes them through every layer's forward pass, the loss and
 // the row-wise backward products without waiting for the others; the weight gradients,
 // which sum over all rows, are shared out by weight rows (the output layer's fused
 // update: by column vectors of W^T, see below). Two barriers (and two more a layer under
-// BatchNorm, whose statistics need every row: batchnorm_*_share).
+// BatchNorm, whose statistics need every row: batchnorm_*_share; and one more where the
+// first layer goes through the tables ws.table, which the team makes from C and W[0]
+// before any row reads them: fold_first).
 // G given: gradients go to G. G null: the SGD update W -= lr * grad is fused into the
 // weight-gradient products; the output layer's runs on its transposed copy ws.wt[n]
 // (linear_update_transposed_share), which it leaves equal to W[n]^T. Returns the mean
@@ -94,18 +116,29 @@ struct StepWork {
 // way, every layer's (diag-inl.h). out_t_current: ws.wt[n] is already W[n]^T, so its
 // transpose is skipped; true only when the previous call was a fused step with the same
 // W and ws that ran to its end, and nothing else wrote W[n] since (train_steps).
-double step_team(const PadWeights& W, const PadWeights* G, float lr, const Layout& L, int64_t B, const int32_t* Yb,
-                 StepWork& ws, const Dropout& dr, Exec& ex, StepDiag* dg = nullptr, bool out_t_current = false) {
+double step_team(const PadWeights& W, const PadWeights* G, float lr, const Layout& L, int64_t B, const int32_t* Xb,
+                 const int32_t* Yb, StepWork& ws, const Dropout& dr, Exec& ex, StepDiag* dg = nullptr, bool out_t_current = false) {
   const int H = L.H, V = L.V, Hp = L.Hp, Vp = L.Vp, n = L.L;
   int64_t r0, r1;
   my_share(B, &r0, &r1);
   const float* in[kMaxLayers + 1];  // each layer's input rows: emb, then the hidden outputs (after dropout)
   in[0] = ws.emb;
+  const bool table = ws.table != nullptr;  // the first layer's product through the table (fold_first)
+  if (table) {
+    table_product_share(W.C, L.V, L.E, L.T, W.W[0], Hp, ws.table);
+    team_barrier(ws.bar);
+  }
   for (int l = 0; l < n; ++l) {
-    if (!L.bn) {
-      linear_forward_rows<true>(in[l], L.ld_in(l), L.fan_in(l), W.W[l], Hp, W.b[l], ws.h[l], r0, r1);  // tanh(x W + b)
+    if (!L.bn) {  // tanh(x W + b)
+      if (l == 0 && table)
+        table_sum_rows<true>(ws.table, L.V, L.T, Hp, Xb, W.b[0], ws.h[0], r0, r1, ex);
+      else
+        linear_forward_rows<true>(in[l], L.ld_in(l), L.fan_in(l), W.W[l], Hp, W.b[l], ws.h[l], r0, r1);
     } else {  // tanh(BN(x W)): the statistics need every row
-      linear_nobias_forward_rows(in[l], L.ld_in(l), L.fan_in(l), W.W[l], Hp, ws.pre[l], r0, r1);
+      if (l == 0 && table)
+        table_sum_rows<false>(ws.table, L.V, L.T, Hp, Xb, nullptr, ws.pre[0], r0, r1, ex);
+      else
+        linear_nobias_forward_rows(in[l], L.ld_in(l), L.fan_in(l), W.W[l], Hp, ws.pre[l], r0, r1);
       team_barrier(ws.bar);
       batchnorm_tanh_forward_share(ws.pre[l], B, Hp, W.gamma[l], W.beta[l], L.eps, ws.xhat[l], ws.h[l],
                                    ws.stats[l]);
@@ -122,7 +155,10 @@ double step_team(const PadWeights& W, const PadWeights* G, float lr, const Layou
     for (int l = 0; l < n; ++l) {
       float* pre = dg->pre_of(l);
       if (!L.bn) {
-        linear_forward_rows<false>(in[l], L.ld_in(l), L.fan_in(l), W.W[l], Hp, W.b[l], pre, r0, r1);
+        if (l == 0 && table)
+          table_sum_rows<false>(ws.table, L.V, L.T, Hp, Xb, W.b[0], pre, r0, r1, ex);
+        else
+          linear_forward_rows<false>(in[l], L.ld_in(l), L.fan_in(l), W.W[l], Hp, W.b[l], pre, r0, r1);
       } else {
         for (int64_t i = r0; i < r1; ++i)
           for (int j = 0; j < Hp; j += VW)
@@ -139,7 +175,11 @@ double step_team(const PadWeights& W, const PadWeights* G, float lr, const Layou
   // and a share of the transposed weights the backward pass reads, made before any update
   // (the output layer's is already current after a fused step: see out_t_current above)
   if (!out_t_current) transpose_share(W.W[n], Vp, H, V, ws.wt[n], Hp);
-  for (int l = n - 1; l >= 0; --l) transpose_share(W.W[l], Hp, L.fan_in(l), H, ws.wt[l], L.Kp(l));
+  for (int l = n - 1; l >= 0; --l)
+    if (l > 0 || !table) transpose_share(W.W[l], Hp, L.fan_in(l), H, ws.wt[l], L.Kp(l));
+  if (table)  // W[0]'s W_t^T, one below the other, for dC (embedding_grad_share)
+    for (int t = 0; t < L.T; ++t)
+      transpose_share(W.W[0] + (int64_t)t * L.E * Hp, Hp, L.E, H, ws.wts + (int64_t)t * Hp * ws.Ep, ws.Ep);
   FASTMLP_PHASE(kPhTranspose);
   team_barrier(ws.bar);
   double loss = 0.0;  // every thread sums the same numbers in the same order
@@ -174,7 +214,7 @@ double step_team(const PadWeights& W, const PadWeights* G, float lr, const Layou
     M = H;
     FASTMLP_PHASE(kPhDinput);
   }
-  linear_backward_input_rows<kStore>(ws.dpre[0], Hp, H, ws.wt[0], L.TEp, ws.demb, nullptr, r0, r1);
+  if (!table) linear_backward_input_rows<kStore>(ws.dpre[0], Hp, H, ws.wt[0], L.TEp, ws.demb, nullptr, r0, r1);
   FASTMLP_PHASE(kPhDemb);
   if (dg)  // d loss / d(each layer's output): the backward-input product without tanh's epilogue
     for (int l = n - 1; l >= 0; --l) {
@@ -196,6 +236,15 @@ double step_team(const PadWeights& W, const PadWeights* G, float lr, const Layou
   FASTMLP_PHASE(kPhOutUpdate);
   if (dg) diag_grad_rows(*dg, L, r0, r1);  // every row's max |dh| is known now
   for (int l = n - 1; l >= 0; --l) {
+    if (l == 0 && table) {  // through the tables: S by symbol, then C^T S_t (table-inl.h)
+      table_scatter_share(ws.dpre[0], Hp, Xb, B, L.T, L.V, ws.S, ex);
+      float* db = L.bn ? nullptr : ws.colsum + Vp;
+      if (DG) table_weight_share(W.C, L.V, L.E, L.T, ws.S, Hp, DG->W[0], nullptr, 0.f);
+      if (DG && db) column_sums_share(ws.dpre[0], B, Hp, Hp, DG->b[0], nullptr, 0.f);
+      table_weight_share(W.C, L.V, L.E, L.T, ws.S, Hp, G ? G->W[0] : nullptr, G ? nullptr : W.W[0], lr);
+      if (db) column_sums_share(ws.dpre[0], B, Hp, Hp, G ? G->b[0] : db, G ? nullptr : W.b[0], lr);
+      continue;
+    }
     const float* xl = in[l];
     const int64_t ldx = L.ld_in(l);
     const int K = L.fan_in(l);
@@ -211,11 +260,31 @@ double step_team(const PadWeights& W, const PadWeights* G, float lr, const Layou
   return loss;
 }
 
-// This thread's rows of a batch's embeddings, gathered from C.
-inline void gather_share(const PadWeights& W, const Layout& L, int64_t B, const int32_t* Xb, float* emb, Exec& ex) {
+// This thread's share of the embedding table's gradient dC (V, E) for the batch Xb, after
+// step_team (which left demb or, through the tables, its share of S), and with C given its
+// SGD update C -= lr dC on the same rows. Through the tables dC = S Wts needs every
+// thread's columns of S, hence the barrier; every thread has then also finished reading C
+// (table_weight_share's C^T S_t), which the update writes.
+inline void embedding_grad_share(const Layout& L, int64_t B, const int32_t* Xb, StepWork& ws, float* dC, Exec& ex,
+                                 float* C, float lr) {
+  if (!ws.table) {
+    embedding_backward_share(ws.demb, L.TEp, Xb, B, L.T, L.E, L.V, dC, ex, C, lr);
+    return;
+  }
+  team_barrier(ws.bar);
+  gemm_share<kStore>(plan(L.V, L.E, L.T * L.Hp, ws.S, table_ld(L.T, L.Hp), 1, ws.wts, ws.Ep, dC, L.E));
+  int64_t v0, v1;
+  my_share(L.V, &v0, &v1);  // gemm_share's rows
+  if (C && v1 > v0) axpy(C + v0 * L.E, dC + v0 * L.E, (v1 - v0) * L.E, -lr);
+}
+
+// This thread's rows of a batch's embeddings, gathered from C into ws.emb. (Not where the
+// first layer goes through the tables: then no product reads them.)
+inline void gather_share(const PadWeights& W, const Layout& L, int64_t B, const int32_t* Xb, StepWork& ws, Exec& ex) {
+  if (ws.table) return;
   int64_t r0, r1;
   my_share(B, &r0, &r1);
-  embedding_forward_rows(W.C, L.V, L.E, Xb, L.T, r0, r1, emb, ex);
+  embedding_forward_rows(W.C, L.V, L.E, Xb, L.T, r0, r1, ws.emb, ex);
 }
 
 // The example indices of step `step`'s batch: explicit, or drawn with the RNG (which
@@ -255,12 +324,14 @@ inline void copy_batch(const TrainArgs& a, const Layout& L, const int64_t* ix, i
 }
 
 // The floats a fused step reads and writes: the weights and their transposed copies, and
-// each row's activations and gradients, as padded for AVX2 (the lecture's: 41,632, 166 KB;
+// each row's activations and gradients (and the first layer's tables, where it uses them),
+// as padded for AVX2 (the lecture's: 41,632, 166 KB;
 // the large configuration's: 606,208, 2.4 MB). C and the biases are left out: a few KB.
 inline int64_t step_floats(const Layout& L, int64_t B) {
   int64_t w = (int64_t)L.H * L.Vp;
   for (int l = 0; l < L.L; ++l) w += (int64_t)L.fan_in(l) * L.Hp;
-  return 2 * w + B * (L.TE + L.TEp + 2 * L.Vp + 2 * (int64_t)L.L * L.Hp);
+  const int64_t table = fold_first(L, B) ? (int64_t)L.T * L.Hp * (2 * L.V + round_up(L.E, VW)) : 0;
+  return 2 * w + table + B * (L.TE + L.TEp + 2 * L.Vp + 2 * (int64_t)L.L * L.Hp);
 }
 
 // The next batch is drawn a step ahead (train_steps) where the step's working set leaves
@@ -328,9 +399,9 @@ double mlp_loss_and_grad(const Params& P, const Dims& d, const int32_t* X, const
 #pragma omp parallel num_threads(ex.threads) if (use_team(L, N, ex))
 #endif
   {
-    gather_share(M.w, L, N, X, ws.emb, ex);  // the rows this thread's forward pass reads
-    const double l = step_team(M.w, &G.w, 0.f, L, N, Y, ws, dr, ex);
-    if (__builtin_isfinite(l)) embedding_backward_share(ws.demb, L.TEp, X, N, L.T, L.E, L.V, G.w.C, ex);
+    gather_share(M.w, L, N, X, ws, ex);  // the rows this thread's forward pass reads
+    const double l = step_team(M.w, &G.w, 0.f, L, N, X, Y, ws, dr, ex);
+    if (__builtin_isfinite(l)) embedding_grad_share(L, N, X, ws, G.w.C, ex, nullptr, 0.f);
     if (team_rank() == 0) loss = l;
   }
   G.copy_out(L, grads);
@@ -388,7 +459,7 @@ int64_t train_steps(const MutParams& P, const Dims& d, const TrainArgs& a, Exec&
   {
     const double t_start = ex.profile ? now_seconds() : 0.0;
     FASTMLP_PHASE(kPhOther);  // (the set-up above)
-    gather_share(M.w, L, B, ws.Xb[0], ws.emb, ex);
+    gather_share(M.w, L, B, ws.Xb[0], ws, ex);
     FASTMLP_PHASE(kPhGather);
     for (int64_t s = 0; s < a.steps; ++s) {
       const bool drew_ahead = ahead && team_rank() == 0 && s + 1 < a.steps;  // (thread 0's)
@@ -405,7 +476,8 @@ int64_t train_steps(const MutParams& P, const Dims& d, const TrainArgs& a, Exec&
       // every thread takes the same decision: `recorded` changes only after the step's last barrier
       StepDiag* dg = a.diag && (a.step0 + s) % a.diag->every == 0 && recorded < a.diag->capacity ? &diag : nullptr;
       const double loss =
-          step_team(M.w, G ? &G->w : nullptr, lr, L, B, ws.Yb[cur], ws, step_dropout(a, s), ex, dg, out_t_current);
+          step_team(M.w, G ? &G->w : nullptr, lr, L, B, ws.Xb[cur], ws.Yb[cur], ws, step_dropout(a, s), ex, dg,
+                    out_t_current);
       if (!__builtin_isfinite(loss)) {  // every thread sees the same loss: all leave together
         if (team_rank() == 0) {
           a.losses[s] = (float)loss;
@@ -415,8 +487,7 @@ int64_t train_steps(const MutParams& P, const Dims& d, const TrainArgs& a, Exec&
         break;
       }
       // the embedding table: dC on this thread's rows of C, and its SGD update there
-      embedding_backward_share(ws.demb, L.TEp, ws.Xb[cur], B, L.T, L.E, L.V, G ? G->w.C : ws.dC, ex,
-                               G ? nullptr : M.w.C, lr);
+      embedding_grad_share(L, B, ws.Xb[cur], ws, G ? G->w.C : ws.dC, ex, G ? nullptr : M.w.C, lr);
       FASTMLP_PHASE(kPhEmbBackward);
       if (G) {  // the optimizer needs every gradient
         team_barrier(ws.bar);
@@ -450,7 +521,7 @@ int64_t train_steps(const MutParams& P, const Dims& d, const TrainArgs& a, Exec&
       }
       if (quit[cur] || s + 1 == a.steps) break;
       FASTMLP_PHASE(kPhOther);
-      gather_share(M.w, L, B, ws.Xb[nxt], ws.emb, ex);  // the only rows this thread's next forward reads
+      gather_share(M.w, L, B, ws.Xb[nxt], ws, ex);  // the only rows this thread's next forward reads
       FASTMLP_PHASE(kPhGather);
     }
     if (ex.profile) ex.profile[2 * team_rank() + 1] += now_seconds() - t_start;

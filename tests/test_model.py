@@ -149,11 +149,36 @@ def test_trajectory_1000_steps_lecture_init(isa, small_names):
             assert step_err.max() <= bound, f"step {s} d{k}: {step_err.max():.3e} > {bound:.3e}"
 
 
-def test_per_call_api_follows_the_fused_loop(small_names):
+def test_first_layer_through_the_tables_steps_like_float64(isa, small_names):
+    # From batch 68 of the lecture's shapes on, the first layer's products go through the
+    # embedding table (C W1's rows summed; table-inl.h): other sums, in another order. Each
+    # step is held to the bounds of one step, as the lecture's init above: the loss to 1e-5
+    # relative, the update to lr 1e-4 of the gradient's largest entry (+ U of each stored
+    # parameter), from the parameters fastmlp holds at that step.
+    X, Y = small_names.train
+    V, B, lr = small_names.vocab.size, 128, 0.1
+    assert _core.first_layer_tables(V, 3, 10, B) and not _core.first_layer_tables(V, 3, 10, 32)
+    m = MLP(V, 3, 10, 200, seed=5, init="lecture")
+    batches = np.random.default_rng(4).integers(0, len(Y), (150, B))
+    P = copy_params(m.params)
+    for s, ix in enumerate(batches):
+        before = copy_params(P)
+        loss = train_steps(P, X, Y, (1, lr), batches=ix[None])[0]
+        rloss, rgrads = ref.mlp_loss_and_grad(before, X[ix], Y[ix])
+        assert abs(loss - rloss) <= 1e-5 * max(1.0, abs(rloss)), (s, loss, rloss)
+        for k in PARAM_NAMES:
+            step_err = np.abs((P[k].astype(np.float64) - before[k]) + lr * rgrads[k]) - U * np.abs(P[k])
+            bound = lr * 1e-4 * np.abs(rgrads[k]).max()
+            assert step_err.max() <= bound, f"step {s} d{k}: {step_err.max():.3e} > {bound:.3e}"
+
+
+# batch 128: the first layer through the tables (loss_and_grad and the fused loop alike)
+@pytest.mark.parametrize("batch_size", [32, 128])
+def test_per_call_api_follows_the_fused_loop(small_names, batch_size):
     # loss_and_grad + sgd_step (Python loop) and train_steps (C++ loop): same trajectory
     X, Y = small_names.train
     m = MLP(small_names.vocab.size, 3, 10, 200, seed=5, init="scaled")
-    batches = np.random.default_rng(3).integers(0, len(Y), (100, 32))
+    batches = np.random.default_rng(3).integers(0, len(Y), (100, batch_size))
     fused, P = run_fastmlp(m.params, X, Y, batches, 0.1)
     losses = []
     for ix in batches:

@@ -191,16 +191,31 @@ struct ForwardTeamWork {
   ForwardWork& mine() { return ws[team_rank()]; }
 };
 
-// Padded logits (n, Vp) of rows X (n, T), on this thread; returns ws.logits. W: an eval copy.
+// The first layer's tables P (T V, Hp) from an eval copy W (table-inl.h), made once, on
+// this thread, for a call that takes `rows` rows through the model; null where they do
+// not pay for themselves (kernels.h's first_layer_tables). (So a call's rows are computed
+// one way or the other by the call's size: the same within float32 rounding's bounds.)
+inline const float* eval_tables(const PadWeights& W, const Layout& L, const Dims& d, int64_t rows, Buf& buf) {
+  if (!first_layer_tables(d, rows)) return nullptr;
+  float* P = buf.get((size_t)L.T * L.V * L.Hp);
+  table_product_share(W.C, L.V, L.E, L.T, W.W[0], L.Hp, P);  // (outside a team: every row)
+  return P;
+}
+
+// Padded logits (n, Vp) of rows X (n, T), on this thread; returns ws.logits. W: an eval
+// copy; table: its first layer's tables (eval_tables), or null.
 inline float* forward_rows(const PadWeights& W, const Layout& L, const int32_t* X, int64_t n, ForwardWork& ws,
-                           Exec& ex) {
+                           Exec& ex, const float* table) {
   float* emb = ws.emb.p;
   float* logits = ws.logits.p;
-  embedding_forward_rows(W.C, L.V, L.E, X, L.T, 0, n, emb, ex);
+  if (!table) embedding_forward_rows(W.C, L.V, L.E, X, L.T, 0, n, emb, ex);
   const float* x = emb;
   for (int l = 0; l < L.L; ++l) {  // the hidden layers, h alternating between two buffers
     float* h = l % 2 ? ws.h2.p : ws.h.p;
-    linear_forward_rows<true>(x, L.ld_in(l), L.fan_in(l), W.W[l], L.Hp, W.b[l], h, 0, n);
+    if (l == 0 && table)
+      table_sum_rows<true>(table, L.V, L.T, L.Hp, X, W.b[0], h, 0, n, ex);
+    else
+      linear_forward_rows<true>(x, L.ld_in(l), L.fan_in(l), W.W[l], L.Hp, W.b[l], h, 0, n);
     x = h;
   }
   linear_forward_rows<false>(x, L.Hp, L.H, W.W[L.L], L.Vp, W.b[L.L], logits, 0, n);
@@ -214,6 +229,8 @@ inline bool parallel_rows(int64_t N, const Layout& L, const Exec& ex) {
 void mlp_forward(const Params& P, const Dims& d, const int32_t* X, int64_t N, float* logits, Exec& ex) {
   const Layout L = layout_of(d);
   const PaddedCopy M(P, L, /*eval=*/true);
+  Buf tb;
+  const float* table = eval_tables(M.w, L, d, N, tb);
   ForwardTeamWork team(L, ex.threads, kChunk);
   const int64_t chunks = (N + kChunk - 1) / kChunk;
 #ifdef _OPENMP
@@ -221,7 +238,7 @@ void mlp_forward(const Params& P, const Dims& d, const int32_t* X, int64_t N, fl
 #endif
   for (int64_t c = 0; c < chunks; ++c) {
     const int64_t i0 = c * kChunk, n = min64(kChunk, N - i0);
-    const float* lp = forward_rows(M.w, L, X + i0 * L.T, n, team.mine(), ex);
+    const float* lp = forward_rows(M.w, L, X + i0 * L.T, n, team.mine(), ex, table);
     copy_unpad(lp, L.Vp, n, L.V, logits + i0 * L.V);
   }
 }
@@ -231,6 +248,8 @@ void mlp_forward(const Params& P, const Dims& d, const int32_t* X, int64_t N, fl
 double mlp_loss_sum(const Params& P, const Dims& d, const int32_t* X, const int32_t* Y, int64_t N, Exec& ex) {
   const Layout L = layout_of(d);
   const PaddedCopy M(P, L, /*eval=*/true);
+  Buf tb;
+  const float* table = eval_tables(M.w, L, d, N, tb);
   ForwardTeamWork team(L, ex.threads, kChunk);
   const int64_t chunks = (N + kChunk - 1) / kChunk;
   Buf partial_buf;
@@ -241,7 +260,7 @@ double mlp_loss_sum(const Params& P, const Dims& d, const int32_t* X, const int3
   for (int64_t c = 0; c < chunks; ++c) {
     const int64_t i0 = c * kChunk, n = min64(kChunk, N - i0);
     ForwardWork& ws = team.mine();
-    const float* logits = forward_rows(M.w, L, X + i0 * L.T, n, ws, ex);
+    const float* logits = forward_rows(M.w, L, X + i0 * L.T, n, ws, ex, table);
     xent_rows(logits, L.Vp, Y + i0, L.V, 0, n, nullptr, 0.f, ws.loss.p, ex);
     double s = 0.0;
     for (int64_t i = 0; i < n; ++i) s += ws.loss.p[i];

@@ -55,6 +55,10 @@ inline int32_t draw_char(const float* z, int V, const SampleArgs& a, float* prob
 void sample(const Params& P, const Dims& d, const SampleArgs& a, Exec& ex) {
   const Layout L = layout_of(d);
   const PaddedCopy M(P, L, /*eval=*/true);
+  // the first layer's tables, made once, if a batch of words pays for them: by the batch's
+  // size, not the call's, so that word i still depends only on (seed, i)
+  Buf tb;
+  const float* table = eval_tables(M.w, L, d, kSampleBatch, tb);
   const int64_t batches = (a.n_samples + kSampleBatch - 1) / kSampleBatch;
   const int threads = batches > 1 ? ex.threads : 1;
   SampleWork* work = new SampleWork[threads];
@@ -78,7 +82,7 @@ void sample(const Params& P, const Dims& d, const SampleArgs& a, Exec& ex) {
     for (int64_t i = 0; i < n; ++i) rng_seed(rng[i], a.seed ^ (0x9E3779B97F4A7C15ull * (uint64_t)(w0 + i + 1)));
     int64_t n_alive = n;
     for (int pos = 0; pos < a.max_len && n_alive > 0; ++pos) {
-      const float* logits = forward_rows(M.w, L, ctx, n, w.fw, ex);
+      const float* logits = forward_rows(M.w, L, ctx, n, w.fw, ex, table);
       for (int64_t i = 0; i < n; ++i) {
         if (!alive[i]) continue;
         const int32_t ix = draw_char(logits + i * L.Vp, L.V, a, w.prob.p, rng[i]);

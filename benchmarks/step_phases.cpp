@@ -6,7 +6,10 @@
 // Each phase runs back to back thousands of times, so its operands stay in cache: the
 // sum is below a step in the fused loop (whose working set is larger than L1, and which
 // also draws the batch). The products' ideal is their multiply-adds at the FMA peak
-// measured here (padded columns count as waste, not as work).
+// measured here (padded columns count as waste, not as work). Where the batch takes the
+// first layer through the embedding table (kernels.h's first_layer_tables: the large
+// configuration), its three products are C's (table-inl.h), and their ideal counts the
+// multiply-adds executed; the in-loop line gives the model's nominal work's share too.
 //
 // A second table times the same phases where they run, in the fused loop (train_steps on
 // random examples): this file defines the phase marks (step-inl.h's FASTMLP_PHASE) as
@@ -92,7 +95,8 @@ struct Row {
 // The fused loop: train_steps on random examples, one thread; each phase's share of the
 // marks' ticks in the best of 7 blocks, times that block's µs a step, beside the row of
 // the same name in the table above (rows[0, nrows)).
-void in_the_loop(const Dims& d, bool large, const Row* rows, int nrows, double peak, double flops) {  // FLOP/s, FLOP
+void in_the_loop(const Dims& d, bool large, const Row* rows, int nrows, double peak, double flops,
+                 double nominal) {  // FLOP/s, FLOP executed and the model's
   const int64_t N = 182625;  // the lecture's training split
   const int steps = large ? 100 : 5000, B = large ? 256 : 32;
   int32_t *X = tokens(N * d.T, d.V), *Y = tokens(N, d.V);
@@ -125,14 +129,25 @@ void in_the_loop(const Dims& d, bool large, const Row* rows, int nrows, double p
   // the peak again, after the loop: a neighbour may have depressed the first sample
   const double peak_after = fma_peak();
   peak = peak_after > peak ? peak_after : peak;
-  static const char* const ph[kPhases] = {  // in StepPhase's order
+  static const char* const rows_ph[kPhases] = {  // in StepPhase's order
       "embedding gather", "h = tanh(emb W1 + b1)", "logits = h W2 + b2", "softmax cross-entropy rows",
       "W1^T (transpose)", "dpre = dlogits W2^T (1 - h^2)", "demb = dpre W1^T",
       "W2^T -= lr dlogits^T h, W2 = (W2^T)^T (+ b2)", "W1 -= lr emb^T dpre (+ b1)", "embedding scatter + update",
       "the batch: draw the next, copy its rows", "the rest: loss sum, barriers, set-up and copies out"};
+  static const char* const tables_ph[kPhases] = {  // through the tables (table-inl.h)
+      "(embedding gather: none)", "P_t = C W1_t, h = tanh(P rows summed + b1)", "logits = h W2 + b2",
+      "softmax cross-entropy rows", "W1_t^T (transposes)", "dpre = dlogits W2^T (1 - h^2)", "(demb: none)",
+      "W2^T -= lr dlogits^T h, W2 = (W2^T)^T (+ b2)", "S = dpre by symbol, W1_t -= lr C^T S_t (+ b1)",
+      "dC = S W1_t^T, C -= lr dC", "the batch: draw the next, copy its rows",
+      "the rest: loss sum, barriers, set-up and copies out"};
+  const char* const* ph = first_layer_tables(d, B) ? tables_ph : rows_ph;
+  char nominal_pct[96] = "";
+  if (nominal != flops)
+    snprintf(nominal_pct, sizeof nominal_pct, " of the work executed (%.0f%% for the model's nominal work)",
+             nominal / peak * 1e6 / best * 100);
   printf("\nIn the fused loop (train_steps on %lld random examples, one thread): the best of 7 blocks of %d steps, "
-         "%.2f µs a step = %.0f%% of the peak (%.1f GFLOP/s: the higher of the samples before and after it)\n\n| phase | in the loop µs | alone µs | loop - alone |\n"
-         "|---|---:|---:|---:|\n", (long long)N, steps, best, flops / peak * 1e6 / best * 100, peak / 1e9);
+         "%.2f µs a step = %.0f%% of the peak%s (%.1f GFLOP/s: the higher of the samples before and after it)\n\n| phase | in the loop µs | alone µs | loop - alone |\n"
+         "|---|---:|---:|---:|\n", (long long)N, steps, best, flops / peak * 1e6 / best * 100, nominal_pct, peak / 1e9);
   double sum_alone = 0;
   for (int p = 0; p < kPhases; ++p) {
     const double us = best_ticks[p] / all * best;
@@ -173,30 +188,65 @@ int main(int argc, char** argv) {
   int nrows = 0;
   auto add = [&](const char* name, double us, double macs) { rows[nrows++] = {name, us, macs}; };
   const double mac1 = (double)B * L.TE * H, mac2 = (double)B * H * V;
-  add("embedding gather", best_us([&] { embedding_forward_rows(C, V, E, X, T, 0, B, emb, ex); }, n), 0);
-  add("h = tanh(emb W1 + b1)",
-      best_us([&] { linear_forward_rows<true>(emb, L.TE, L.TE, W1, L.Hp, b1, h, 0, B); }, n), mac1);
-  add("  (the same without tanh)",
-      best_us([&] { linear_forward_rows<false>(emb, L.TE, L.TE, W1, L.Hp, b1, h, 0, B); }, n), -mac1);
+  // where the batch takes the first layer through the tables (table-inl.h), its three
+  // products are C's: V T E H multiply-adds each
+  const bool tables = first_layer_tables(d, B);
+  const double mact = (double)V * L.TE * H;
+  const int Ep = round_up(E, VW);
+  float *P = make((size_t)T * V * L.Hp, 0), *S = make((size_t)V * T * L.Hp, 0), *wts = make((size_t)T * L.Hp * Ep, 0);
+  if (!tables) {
+    add("embedding gather", best_us([&] { embedding_forward_rows(C, V, E, X, T, 0, B, emb, ex); }, n), 0);
+    add("h = tanh(emb W1 + b1)",
+        best_us([&] { linear_forward_rows<true>(emb, L.TE, L.TE, W1, L.Hp, b1, h, 0, B); }, n), mac1);
+    add("  (the same without tanh)",
+        best_us([&] { linear_forward_rows<false>(emb, L.TE, L.TE, W1, L.Hp, b1, h, 0, B); }, n), -mac1);
+  } else {
+    add("P_t = C W1_t, h = tanh(P rows summed + b1)", best_us([&] {
+          table_product_share(C, V, E, T, W1, L.Hp, P);
+          table_sum_rows<true>(P, V, T, L.Hp, X, b1, h, 0, B, ex);
+        }, n), mact);
+    add("  (the same without tanh)", best_us([&] {
+          table_product_share(C, V, E, T, W1, L.Hp, P);
+          table_sum_rows<false>(P, V, T, L.Hp, X, b1, h, 0, B, ex);
+        }, n), -mact);
+  }
   add("logits = h W2 + b2", best_us([&] { linear_forward_rows<false>(h, L.Hp, H, W2, L.Vp, b2, logits, 0, B); }, n),
       mac2);
   add("softmax cross-entropy rows", best_us([&] { xent_rows(logits, L.Vp, Y, V, 0, B, dl, 1.f / B, loss, ex); }, n), 0);
   // (W2^T is made once: the fused loop's update keeps it current, see the W2 row)
   transpose_share(W2, L.Vp, H, V, wt2, L.Hp);
-  add("W1^T (transpose)", best_us([&] { transpose_share(W1, L.Hp, L.TE, H, wt1, L.TEp); }, n), 0);
+  if (!tables)
+    add("W1^T (transpose)", best_us([&] { transpose_share(W1, L.Hp, L.TE, H, wt1, L.TEp); }, n), 0);
+  else
+    add("W1_t^T (transposes)", best_us([&] {
+          for (int t = 0; t < T; ++t) transpose_share(W1 + (int64_t)t * E * L.Hp, L.Hp, E, H, wts + (int64_t)t * L.Hp * Ep, Ep);
+        }, n), 0);
   add("dpre = dlogits W2^T (1 - h^2)",
       best_us([&] { linear_backward_input_rows<kTanhGrad>(dl, L.Vp, V, wt2, L.Hp, dpre, h, 0, B); }, n), mac2);
-  add("demb = dpre W1^T",
-      best_us([&] { linear_backward_input_rows<kStore>(dpre, L.Hp, H, wt1, L.TEp, demb, nullptr, 0, B); }, n), mac1);
+  if (!tables)
+    add("demb = dpre W1^T",
+        best_us([&] { linear_backward_input_rows<kStore>(dpre, L.Hp, H, wt1, L.TEp, demb, nullptr, 0, B); }, n), mac1);
   add("W2^T -= lr dlogits^T h, W2 = (W2^T)^T (+ b2)", best_us([&] {
         column_sums_share(dl, B, L.Vp, L.Vp, colsum, b2, lr);
         linear_update_transposed_share(h, L.Hp, H, dl, L.Vp, V, B, wt2, L.Hp, W2, L.Vp, lr);
       }, n), mac2);
-  add("W1 -= lr emb^T dpre (+ b1)", best_us([&] {
-        linear_backward_weight_share(emb, L.TE, L.TE, dpre, L.Hp, B, nullptr, colsum + L.Vp, W1, b1, lr);
-      }, n), mac1);
-  add("embedding scatter + update",
-      best_us([&] { embedding_backward_share(demb, L.TEp, X, B, T, E, V, dC, ex, C, lr); }, n), 0);
+  if (!tables) {
+    add("W1 -= lr emb^T dpre (+ b1)", best_us([&] {
+          linear_backward_weight_share(emb, L.TE, L.TE, dpre, L.Hp, B, nullptr, colsum + L.Vp, W1, b1, lr);
+        }, n), mac1);
+    add("embedding scatter + update",
+        best_us([&] { embedding_backward_share(demb, L.TEp, X, B, T, E, V, dC, ex, C, lr); }, n), 0);
+  } else {
+    add("S = dpre by symbol, W1_t -= lr C^T S_t (+ b1)", best_us([&] {
+          table_scatter_share(dpre, L.Hp, X, B, T, V, S, ex);
+          table_weight_share(C, V, E, T, S, L.Hp, nullptr, W1, lr);
+          column_sums_share(dpre, B, L.Hp, L.Hp, colsum + L.Vp, b1, lr);
+        }, n), mact);
+    add("dC = S W1_t^T, C -= lr dC", best_us([&] {
+          gemm_share<kStore>(plan(V, E, T * L.Hp, S, (int64_t)T * L.Hp, 1, wts, Ep, dC, E));
+          axpy(C, dC, (int64_t)V * E, -lr);
+        }, n), mact);
+  }
 
   double total = 0, macs = 0;
   for (int i = 0; i < nrows; ++i)
@@ -217,6 +267,6 @@ int main(int argc, char** argv) {
   }
   printf("| **sum of the phases** | **%.2f** | | **%.2f** | **%.0f%%** |\n", total, 2 * macs / peak * 1e6,
          2 * macs / peak * 1e6 / total * 100);
-  in_the_loop(d, large, rows, nrows, peak, 2 * macs);
+  in_the_loop(d, large, rows, nrows, peak, 2 * macs, 2 * (3 * mac1 + 3 * mac2));
   return 0;
 }

@@ -193,7 +193,8 @@ int main(int argc, char** argv) {
   const bool tables = first_layer_tables(d, B);
   const double mact = (double)V * L.TE * H;
   const int Ep = round_up(E, VW);
-  float *P = make((size_t)T * V * L.Hp, 0), *S = make((size_t)V * T * L.Hp, 0), *wts = make((size_t)T * L.Hp * Ep, 0);
+  float *P = make((size_t)T * V * L.Hp, 0), *S = make((size_t)(V * table_ld(T, L.Hp)), 0);
+  float* wts = make((size_t)T * L.Hp * Ep, 0);
   if (!tables) {
     add("embedding gather", best_us([&] { embedding_forward_rows(C, V, E, X, T, 0, B, emb, ex); }, n), 0);
     add("h = tanh(emb W1 + b1)",
@@ -243,7 +244,7 @@ int main(int argc, char** argv) {
           column_sums_share(dpre, B, L.Hp, L.Hp, colsum + L.Vp, b1, lr);
         }, n), mact);
     add("dC = S W1_t^T, C -= lr dC", best_us([&] {
-          gemm_share<kStore>(plan(V, E, T * L.Hp, S, (int64_t)T * L.Hp, 1, wts, Ep, dC, E));
+          gemm_share<kStore>(plan(V, E, T * L.Hp, S, table_ld(T, L.Hp), 1, wts, Ep, dC, E));
           axpy(C, dC, (int64_t)V * E, -lr);
         }, n), mact);
   }

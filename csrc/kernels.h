@@ -34,7 +34,8 @@ struct Dims {
 // tables of K = E = 10) would take 8.1 against 6.6, and keeps emb W[0].
 inline bool first_layer_tables(const Dims& d, int64_t N) {
   const int64_t te = (int64_t)d.T * d.E;
-  return 2 * ((int64_t)d.V * te + N * d.T) <= N * te;
+  const bool fits = (int64_t)d.T * (d.H + 64) <= INT32_MAX;  // dC's product has K = T Hp (an int)
+  return fits && 2 * ((int64_t)d.V * te + N * d.T) <= N * te;
 }
 
 // Read-only view of the model parameters. Layer l = 0..L-1 is hidden (W[l] (K_l, H),

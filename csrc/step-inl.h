@@ -16,7 +16,7 @@ enum StepPhase {
 // The first layer through the tables (kernels.h's rule, table-inl.h's layers).
 inline bool fold_first(const Layout& L, int64_t N) {
   Dims d{};
-  d.V = L.V, d.T = L.T, d.E = L.E;
+  d.V = L.V, d.T = L.T, d.E = L.E, d.H = L.H;
   return first_layer_tables(d, N);
 }
 
@@ -44,10 +44,11 @@ struct StepWork {
   void prepare(const Layout& L, int64_t B) {
     bar = Barrier{};
     const size_t bh = (size_t)(B * L.Hp);
-    emb = b_emb.get((size_t)(B * L.TE));          // (B, TE)
-    logits = b_logits.get((size_t)(B * L.Vp));    // (B, Vp)
-    dlogits = b_dlogits.get((size_t)(B * L.Vp));  // (B, Vp)
-    demb = b_demb.get((size_t)(B * L.TEp));       // (B, TEp)
+    const bool fold = fold_first(L, B);  // no row of emb or demb then (table-inl.h)
+    emb = fold ? nullptr : b_emb.get((size_t)(B * L.TE));     // (B, TE)
+    logits = b_logits.get((size_t)(B * L.Vp));                // (B, Vp)
+    dlogits = b_dlogits.get((size_t)(B * L.Vp));              // (B, Vp)
+    demb = fold ? nullptr : b_demb.get((size_t)(B * L.TEp));  // (B, TEp)
     float* hs = b_h.get(bh * L.L);
     float* ds = b_dpre.get(bh * L.L);
     size_t wt_size = (size_t)L.V * L.Hp;
@@ -82,7 +83,7 @@ struct StepWork {
       dt[l] = dts + l * bh;
     }
     table = S = wts = nullptr;
-    if (fold_first(L, B)) {
+    if (fold) {
       Ep = round_up(L.E, VW);
       table = b_table.get((size_t)L.T * L.V * L.Hp);
       S = b_S.get((size_t)(L.V * table_ld(L.T, L.Hp)));
@@ -104,15 +105,16 @@ struct StepWork {
 // the row-wise backward products without waiting for the others; the weight gradients,
 // which sum over all rows, are shared out by weight rows (the output layer's fused
 // update: by column vectors of W^T, see below). Two barriers (and two more a layer under
-// BatchNorm, whose statistics need every row: batchnorm_*_share; and one more where the
-// first layer goes through the tables ws.table, which the team makes from C and W[0]
-// before any row reads them: fold_first).
+// BatchNorm, whose statistics need every row: batchnorm_*_share; and where the first
+// layer goes through the tables ws.table, one more before any row reads them, and
+// embedding_grad_share's after: fold_first).
 // G given: gradients go to G. G null: the SGD update W -= lr * grad is fused into the
 // weight-gradient products; the output layer's runs on its transposed copy ws.wt[n]
 // (linear_update_transposed_share), which it leaves equal to W[n]^T. Returns the mean
 // loss (the same on every thread); if it is not finite nothing is updated. On return
 // this thread's share of the weight products is done, not necessarily the others'; demb
-// (all rows) is complete. dg given (a diagnostic step): its buffers are filled on the
+// (all rows) is complete, or through the tables this thread's columns of S (the rest
+// after embedding_grad_share's barrier). dg given (a diagnostic step): its buffers are filled on the
 // way, every layer's (diag-inl.h). out_t_current: ws.wt[n] is already W[n]^T, so its
 // transpose is skipped; true only when the previous call was a fused step with the same
 // W and ws that ran to its end, and nothing else wrote W[n] since (train_steps).
@@ -189,7 +191,8 @@ double step_team(const PadWeights& W, const PadWeights* G, float lr, const Layou
   FASTMLP_PHASE(kPhOther);
 
   // this thread's rows, layer by layer down: dpre[l] = tanh_grad(g W[l+1]^T, h[l]) [through
-  // the mask] (then through BatchNorm, by columns); demb = dpre[0] W[0]^T
+  // the mask] (then through BatchNorm, by columns); demb = dpre[0] W[0]^T (not through the
+  // tables: S, below, takes its place)
   const PadWeights* DG = dg && !G ? &dg->grad->w : nullptr;  // a fused step's gradients, kept too
   const float* g = ws.dlogits;
   int64_t ldg = Vp;
@@ -324,20 +327,22 @@ inline void copy_batch(const TrainArgs& a, const Layout& L, const int64_t* ix, i
 }
 
 // The floats a fused step reads and writes: the weights and their transposed copies, and
-// each row's activations and gradients (and the first layer's tables, where it uses them),
-// as padded for AVX2 (the lecture's: 41,632, 166 KB;
-// the large configuration's: 606,208, 2.4 MB). C and the biases are left out: a few KB.
+// each row's activations and gradients, as padded for AVX2 (the lecture's: 41,632, 166
+// KB); through the tables, P, S and W[0]'s W_t^T instead of emb, demb and W[0]^T (the large
+// configuration's: 729,520, 2.9 MB). C and the biases are left out: a few KB.
 inline int64_t step_floats(const Layout& L, int64_t B) {
   int64_t w = (int64_t)L.H * L.Vp;
   for (int l = 0; l < L.L; ++l) w += (int64_t)L.fan_in(l) * L.Hp;
-  const int64_t table = fold_first(L, B) ? (int64_t)L.T * L.Hp * (2 * L.V + round_up(L.E, VW)) : 0;
-  return 2 * w + table + B * (L.TE + L.TEp + 2 * L.Vp + 2 * (int64_t)L.L * L.Hp);
+  const int64_t rows = B * (2 * L.Vp + 2 * (int64_t)L.L * L.Hp);
+  if (!fold_first(L, B)) return 2 * w + rows + B * (L.TE + L.TEp);
+  const int64_t wts = (int64_t)L.T * L.Hp * round_up(L.E, VW), w0t = (int64_t)L.TE * L.Hp;
+  return 2 * w - w0t + wts + rows + (int64_t)L.T * L.V * L.Hp + L.V * table_ld(L.T, L.Hp);
 }
 
 // The next batch is drawn a step ahead (train_steps) where the step's working set leaves
 // its rows in cache: measured in the loop on Zen 3 (benchmarks/step_phases.cpp), the
 // lecture's batch took 0.8-1.3 us drawn ahead against 1.35-1.8 drawn at the step's end;
-// the large configuration's, whose step moves 2.4 MB, 40-58 us against 19-35 (the rows
+// the large configuration's, whose step moved 2.4 MB, 40-58 us against 19-35 (the rows
 // prefetched at the start are gone by the end, and the prefetches cost their page walks).
 constexpr int64_t kDrawAheadFloats = 65536;  // 256 KB: half of Zen 3's L2
 
@@ -399,7 +404,7 @@ double mlp_loss_and_grad(const Params& P, const Dims& d, const int32_t* X, const
 #pragma omp parallel num_threads(ex.threads) if (use_team(L, N, ex))
 #endif
   {
-    gather_share(M.w, L, N, X, ws, ex);  // the rows this thread's forward pass reads
+    gather_share(M.w, L, N, X, ws, ex);  // the rows this thread's forward pass reads (none through the tables)
     const double l = step_team(M.w, &G.w, 0.f, L, N, X, Y, ws, dr, ex);
     if (__builtin_isfinite(l)) embedding_grad_share(L, N, X, ws, G.w.C, ex, nullptr, 0.f);
     if (team_rank() == 0) loss = l;
@@ -521,7 +526,9 @@ int64_t train_steps(const MutParams& P, const Dims& d, const TrainArgs& a, Exec&
       }
       if (quit[cur] || s + 1 == a.steps) break;
       FASTMLP_PHASE(kPhOther);
-      gather_share(M.w, L, B, ws.Xb[nxt], ws, ex);  // the only rows this thread's next forward reads
+      // the only rows this thread's next forward reads; or none, and the next step's tables read
+      // all of C and W[0], which the barrier above leaves updated
+      gather_share(M.w, L, B, ws.Xb[nxt], ws, ex);
       FASTMLP_PHASE(kPhGather);
     }
     if (ex.profile) ex.profile[2 * team_rank() + 1] += now_seconds() - t_start;

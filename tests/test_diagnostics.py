@@ -149,13 +149,15 @@ def test_diagnose_refuses_bad_input_and_needs_lr_for_updates():
         diagnose(m, X + 30, Y)
 
 
-def test_the_loop_records_what_diagnose_computes_and_trains_the_same(isa, small_names):
+# batch 128: the first layer through the embedding table (table-inl.h)
+@pytest.mark.parametrize("batch_size", [32, 128])
+def test_the_loop_records_what_diagnose_computes_and_trains_the_same(isa, small_names, batch_size):
     # the loop's record of step s is diagnose() on the model (and optimizer) as they were at
     # step s and that step's batch, bit for bit; and a recording call trains exactly as one
     # that does not record
     X, Y = small_names.train
     m = MLP(small_names.vocab.size, 3, 10, 64, seed=1, init="lecture")
-    batches = np.random.default_rng(0).integers(0, len(Y), (20, 32))
+    batches = np.random.default_rng(0).integers(0, len(Y), (20, batch_size))
     for opt in (None, "adamw"):
         plain, recorded = copy_params(m.params), copy_params(m.params)
         o1 = AdamW(plain) if opt else None

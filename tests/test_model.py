@@ -20,6 +20,7 @@ def make_batch(rng, V, T, N):
     (100, 16, 64, 1024, 64),  # largest widths
     (27, 8, 24, 512, 4096),   # large batch
     (7, 5, 3, 33, 257),       # odd sizes everywhere
+    (11, 10, 4, 40, 300),     # a context longer than the 8 table rows summed at a time
 ])
 @pytest.mark.parametrize("init", ["lecture", "scaled"])
 def test_loss_and_grad_match_autograd(isa, V, T, E, H, N, init):

@@ -116,11 +116,13 @@ def test_optimizer_state_carries_across_calls_bit_exactly(small_names):
             np.testing.assert_array_equal(P[k], results[0][1][k])
 
 
-def test_per_call_optimizer_update_follows_the_fused_loop(small_names):
+# batch 128: the first layer through the embedding table, in both (table-inl.h)
+@pytest.mark.parametrize("batch_size", [32, 128])
+def test_per_call_optimizer_update_follows_the_fused_loop(small_names, batch_size):
     # loss_and_grad + optim.AdamW.update (Python loop) and train_steps (C++ loop)
     X, Y = small_names.train
     m = MLP(small_names.vocab.size, 3, 10, 64, seed=5, init="scaled")
-    batches = np.random.default_rng(3).integers(0, len(Y), (50, 32))
+    batches = np.random.default_rng(3).integers(0, len(Y), (50, batch_size))
     P = copy_params(m.params)
     fused = train_steps(P, X, Y, (50, 0.01), batches=batches, optimizer=optim.AdamW(P, weight_decay=0.1))
     opt = optim.AdamW(m.params, weight_decay=0.1)

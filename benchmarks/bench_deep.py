@@ -37,7 +37,7 @@ def flops_done(cfg, V):
     """fastmlp's: where the batch takes the first layer through the embedding table
     (_core.first_layer_tables), that layer's three products are C's (V rows, not B)."""
     T, E, H, L, B = cfg
-    if not _core.first_layer_tables(V, T, E, B):
+    if not _core.first_layer_tables(V, T, E, H, B):
         return flops(cfg, V)
     return 6.0 * (V * T * E * H + B * (L - 1) * H * H + B * H * V) + 2.0 * B * T * H
 

@@ -58,7 +58,7 @@ class Config:
         layer through the embedding table (_core.first_layer_tables), that layer's three products
         are C's, V*T*E*H multiply-adds each, beside T*H additions a row forward and backward."""
         T, E, H, B = self.block_size, self.n_embd, self.n_hidden, self.batch_size
-        if not _core.first_layer_tables(V, T, E, B):
+        if not _core.first_layer_tables(V, T, E, H, B):
             return self.flops(V)
         return 6.0 * (B * H * V + V * T * E * H) + 2.0 * B * T * H
 

@@ -31,10 +31,12 @@ struct Dims {
 // where that is at most half the operations, V T E + N T multiply-adds and additions a
 // hidden unit against N T E. On Zen 3 the large configuration's forward product (batch
 // 256, V 27, T 8, E 24, H 512) took 182 µs that way against 593; the lecture's (batch 32,
-// tables of K = E = 10) would take 8.1 against 6.6, and keeps emb W[0].
+// tables of K = E = 10) would take 8.1 against 6.6, and keeps emb W[0]. And where the
+// tables P and S (T V (H + 64) floats each, at most) stay within 16 MB each: a vocabulary
+// of thousands would trade a few MB of rows for hundreds of MB of tables, out of cache.
 inline bool first_layer_tables(const Dims& d, int64_t N) {
-  const int64_t te = (int64_t)d.T * d.E;
-  const bool fits = (int64_t)d.T * (d.H + 64) <= INT32_MAX;  // dC's product has K = T Hp (an int)
+  const int64_t te = (int64_t)d.T * d.E, t_hp = (int64_t)d.T * (d.H + 64);
+  const bool fits = t_hp <= INT32_MAX / 2 && d.V * t_hp <= ((int64_t)4 << 20);  // (dC's K = T Hp is an int)
   return fits && 2 * ((int64_t)d.V * te + N * d.T) <= N * te;
 }
 

@@ -89,12 +89,12 @@ PYBIND11_MODULE(_core, m) {
   m.def("set_isa", &set_isa, py::arg("name"), "Select a kernel build: 'auto', 'generic', 'avx2', 'avx512'.");
   m.def("get_isa", [] { return std::string(active_kernels().isa); });
   m.def("first_layer_tables",
-        [](int V, int T, int E, int64_t batch) {
+        [](int V, int T, int E, int H, int64_t batch) {
           Dims d{};
-          d.V = V, d.T = T, d.E = E;
+          d.V = V, d.T = T, d.E = E, d.H = H;
           return first_layer_tables(d, batch);
         },
-        py::arg("V"), py::arg("T"), py::arg("E"), py::arg("batch"),
+        py::arg("V"), py::arg("T"), py::arg("E"), py::arg("H"), py::arg("batch"),
         "Whether a training step of this batch size takes the first layer through the embedding table "
         "(C W1's rows summed, instead of emb W1): where that is at most half the work.");
 

@@ -158,7 +158,8 @@ def test_first_layer_through_the_tables_steps_like_float64(isa, small_names):
     # parameter), from the parameters fastmlp holds at that step.
     X, Y = small_names.train
     V, B, lr = small_names.vocab.size, 128, 0.1
-    assert _core.first_layer_tables(V, 3, 10, B) and not _core.first_layer_tables(V, 3, 10, 32)
+    assert _core.first_layer_tables(V, 3, 10, 200, B) and not _core.first_layer_tables(V, 3, 10, 200, 32)
+    assert not _core.first_layer_tables(5000, 8, 24, 512, 10**6)  # tables past 16 MB: the rows instead
     m = MLP(V, 3, 10, 200, seed=5, init="lecture")
     batches = np.random.default_rng(4).integers(0, len(Y), (150, B))
     P = copy_params(m.params)
